@@ -1,0 +1,228 @@
+"""Host wrappers of ``kernels/lstm.cu`` and ``kernels/rnn.cu`` (one recurrent layer), generic in
+``xp`` (numpy: emulator, cupy: GPU).
+
+A whole sequence runs as: the input projection of all T steps as one GEMM; then per step one
+recurrent GEMM into a preallocated buffer and one fused cell launch writing h straight into
+y[t]. Backward through time likewise (per step one fused cell-backward launch and one GEMM
+for dh_prev), then the weight gradients as GEMMs over all T*N rows at once and the bias
+gradients as one sum. No host synchronisation and no per-step allocation on the GPU.
+
+Arguments arrive validated by ``gpunn.functional``: float32 C-contiguous arrays of one module;
+x (T, N, I), h0/c0 (N, HID), weight_ih (G, I), weight_hh (G, HID), biases (G,) or both None,
+with G = 4*HID for the LSTM and HID for the RNN. ``saved`` is read-only in backward.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from gpunn._backend import get_array_module
+from gpunn._loader import grid_1d, i32, module
+
+# One thread per (n, j); 256 threads (8 warps) per block, nothing shared within a block.
+THREADS = 256
+
+
+class LstmSaved(NamedTuple):
+    x: object  # (T, N, I)
+    h0: object  # (N, HID)
+    c0: object  # (N, HID)
+    w_ih: object  # (4HID, I)
+    w_hh: object  # (4HID, HID)
+    has_bias: bool
+    y: object  # (T, N, HID): h_t for every t
+    cs: object  # (T, N, HID): c_t for every t
+    gates: object  # (T, N, 4HID): activated i, f, g, o
+
+
+class RnnSaved(NamedTuple):
+    x: object  # (T, N, I)
+    h0: object  # (N, HID)
+    w_ih: object  # (HID, I)
+    w_hh: object  # (HID, HID)
+    has_bias: bool
+    y: object  # (T, N, HID): h_t for every t
+
+
+def _has_bias(b_ih, b_hh) -> bool:
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError("bias_ih and bias_hh must both be given or both be None")
+    return b_ih is not None
+
+
+def _flag(present) -> object:
+    return i32(1 if present else 0)
+
+
+def _input_projection(xp, x, w_ih):
+    """x W_ih^T for all T steps as one GEMM: (T, N, G)."""
+    T, N, I = x.shape
+    return xp.matmul(x.reshape(T * N, I), w_ih.T).reshape(T, N, w_ih.shape[0])
+
+
+def _weight_grads(xp, dpre, saved, has_bias):
+    """grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh from the pre-activation gradients
+    of every step, dpre (T, N, G), as GEMMs over all T*N rows (BPTT: a shared weight's
+    gradient is the sum over the steps)."""
+    x, h0, y = saved.x, saved.h0, saved.y
+    T, N, I = x.shape
+    HID = h0.shape[1]
+    G = dpre.shape[2]
+    rows = dpre.reshape(T * N, G)  # (T*N, G)
+    grad_x = xp.matmul(rows, saved.w_ih).reshape(T, N, I)  # (T, N, I)
+    grad_w_ih = xp.matmul(rows.T, x.reshape(T * N, I))  # (G, I)
+    # dW_hh = sum_t dpre_t^T h_{t-1}, with h_{-1} = h0 and h_t = y[t]
+    grad_w_hh = xp.matmul(dpre[0].T, h0)  # (G, HID)
+    if T > 1:
+        grad_w_hh += xp.matmul(rows[N:].T, y[:-1].reshape((T - 1) * N, HID))
+    if not has_bias:
+        return grad_x, grad_w_ih, grad_w_hh, None, None
+    grad_b = rows.sum(axis=0)  # (G,)
+    return grad_x, grad_w_ih, grad_w_hh, grad_b, grad_b.copy()
+
+
+def _zeros_like_or_copy(xp, grad, like):
+    return xp.zeros_like(like) if grad is None else grad.copy()
+
+
+def _empty_weight_grads(xp, saved, has_bias):
+    grads = (xp.zeros_like(saved.x), xp.zeros_like(saved.w_ih), xp.zeros_like(saved.w_hh))
+    if not has_bias:
+        return (*grads, None, None)
+    G = saved.w_ih.shape[0]
+    return (*grads, xp.zeros(G, dtype=saved.x.dtype), xp.zeros(G, dtype=saved.x.dtype))
+
+
+# ---- LSTM ------------------------------------------------------------------------------------
+
+
+def lstm_cell_forward(gates, c_prev):
+    """(h, c), each (N, HID), from pre-activation gates (N, 4HID) whose biases are added."""
+    xp = get_array_module(gates)
+    N, HID = c_prev.shape
+    h = xp.empty((N, HID), dtype=gates.dtype)  # (N, HID)
+    c = xp.empty((N, HID), dtype=gates.dtype)  # (N, HID)
+    if h.size == 0:
+        return h, c
+    fn = module(xp, "lstm").get_function("lstm_cell_forward")
+    grid, block = grid_1d(xp, N * HID, THREADS)  # one thread per (n, j)
+    # gh, the biases and the saved gates are absent: gates stands in for them, never touched.
+    args = (gates, gates, gates, gates, c_prev, h, c, gates, i32(N), i32(HID))
+    fn(grid, block, (*args, _flag(False), _flag(False), _flag(False)))
+    return h, c
+
+
+def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """(y (T, N, HID), h_n (N, HID), c_n (N, HID), saved)."""
+    xp = get_array_module(x)
+    has_bias = _has_bias(b_ih, b_hh)
+    T, N, _ = x.shape
+    HID = w_hh.shape[1]
+    G = 4 * HID
+    y = xp.empty((T, N, HID), dtype=x.dtype)  # (T, N, HID)
+    cs = xp.empty((T, N, HID), dtype=x.dtype)  # (T, N, HID)
+    gates = xp.empty((T, N, G), dtype=x.dtype)  # (T, N, 4HID)
+    saved = LstmSaved(x, h0, c0, w_ih, w_hh, has_bias, y, cs, gates)
+    if T == 0 or N == 0 or HID == 0:
+        return y, h0.copy(), c0.copy(), saved
+    xg = _input_projection(xp, x, w_ih)  # (T, N, 4HID)
+    gh = xp.empty((N, G), dtype=x.dtype)  # (N, 4HID): h_{t-1} W_hh^T, reused every step
+    w_hh_t = w_hh.T  # (HID, 4HID) view
+    bias_ih = b_ih if has_bias else xg  # stand-ins are never read (has_bias == 0)
+    bias_hh = b_hh if has_bias else xg
+    fn = module(xp, "lstm").get_function("lstm_cell_forward")
+    grid, block = grid_1d(xp, N * HID, THREADS)  # one thread per (n, j)
+    flags = (_flag(True), _flag(has_bias), _flag(True))
+    for t in range(T):
+        h_prev = h0 if t == 0 else y[t - 1]
+        c_prev = c0 if t == 0 else cs[t - 1]
+        xp.matmul(h_prev, w_hh_t, out=gh)
+        args = (xg[t], gh, bias_ih, bias_hh, c_prev, y[t], cs[t], gates[t], i32(N), i32(HID))
+        fn(grid, block, (*args, *flags))
+    return y, y[T - 1].copy(), cs[T - 1].copy(), saved
+
+
+def lstm_backward(saved, grad_y, grad_hn, grad_cn):
+    """(grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh); each incoming
+    gradient may be None (zeros). ``saved`` is only read."""
+    xp = get_array_module(saved.x)
+    T, N, _ = saved.x.shape
+    HID = saved.h0.shape[1]
+    if T == 0 or N == 0 or HID == 0:
+        grad_h0 = _zeros_like_or_copy(xp, grad_hn, saved.h0)
+        grad_c0 = _zeros_like_or_copy(xp, grad_cn, saved.c0)
+        grad_x, *weights = _empty_weight_grads(xp, saved, saved.has_bias)
+        return (grad_x, grad_h0, grad_c0, *weights)
+    dgates = xp.empty((T, N, 4 * HID), dtype=saved.x.dtype)  # (T, N, 4HID) pre-activation
+    dh = xp.empty((N, HID), dtype=saved.x.dtype)  # (N, HID): gradient reaching h_{t-1}
+    dc = xp.empty((N, HID), dtype=saved.x.dtype)  # (N, HID): gradient reaching c_{t-1}
+    fn = module(xp, "lstm").get_function("lstm_cell_backward")
+    grid, block = grid_1d(xp, N * HID, THREADS)  # one thread per (n, j)
+    for t in range(T - 1, -1, -1):
+        last = t == T - 1
+        dh_a = grad_y[t] if grad_y is not None else dh  # stand-in never read
+        dh_b = (grad_hn if grad_hn is not None else dh) if last else dh
+        dc_in = (grad_cn if grad_cn is not None else dc) if last else dc
+        has_b = grad_hn is not None if last else True
+        has_c = grad_cn is not None if last else True
+        c_prev = saved.c0 if t == 0 else saved.cs[t - 1]
+        args = (dh_a, dh_b, dc_in, saved.gates[t], c_prev, saved.cs[t], dgates[t], dc)
+        flags = (_flag(grad_y is not None), _flag(has_b), _flag(has_c))
+        fn(grid, block, (*args, i32(N), i32(HID), *flags))
+        xp.matmul(dgates[t], saved.w_hh, out=dh)  # dh_{t-1} = dgates_t W_hh
+    grads = _weight_grads(xp, dgates, saved, saved.has_bias)
+    return (grads[0], dh, dc, *grads[1:])
+
+
+# ---- tanh RNN --------------------------------------------------------------------------------
+
+
+def rnn_tanh_forward(x, h0, w_ih, w_hh, b_ih, b_hh):
+    """(y (T, N, HID), h_n (N, HID), saved)."""
+    xp = get_array_module(x)
+    has_bias = _has_bias(b_ih, b_hh)
+    T, N, _ = x.shape
+    HID = w_hh.shape[1]
+    y = xp.empty((T, N, HID), dtype=x.dtype)  # (T, N, HID)
+    saved = RnnSaved(x, h0, w_ih, w_hh, has_bias, y)
+    if T == 0 or N == 0 or HID == 0:
+        return y, h0.copy(), saved
+    xg = _input_projection(xp, x, w_ih)  # (T, N, HID)
+    gh = xp.empty((N, HID), dtype=x.dtype)  # (N, HID): h_{t-1} W_hh^T, reused every step
+    w_hh_t = w_hh.T  # (HID, HID) view
+    bias_ih = b_ih if has_bias else xg  # stand-ins are never read (has_bias == 0)
+    bias_hh = b_hh if has_bias else xg
+    fn = module(xp, "rnn").get_function("rnn_tanh_cell_forward")
+    grid, block = grid_1d(xp, N * HID, THREADS)  # one thread per (n, j)
+    for t in range(T):
+        h_prev = h0 if t == 0 else y[t - 1]
+        xp.matmul(h_prev, w_hh_t, out=gh)
+        args = (xg[t], gh, bias_ih, bias_hh, y[t], i32(N), i32(HID))
+        fn(grid, block, (*args, _flag(True), _flag(has_bias)))
+    return y, y[T - 1].copy(), saved
+
+
+def rnn_tanh_backward(saved, grad_y, grad_hn):
+    """(grad_x, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh); grad_y and grad_hn may
+    be None (zeros). ``saved`` is only read."""
+    xp = get_array_module(saved.x)
+    T, N, _ = saved.x.shape
+    HID = saved.h0.shape[1]
+    if T == 0 or N == 0 or HID == 0:
+        grad_h0 = _zeros_like_or_copy(xp, grad_hn, saved.h0)
+        grad_x, *weights = _empty_weight_grads(xp, saved, saved.has_bias)
+        return (grad_x, grad_h0, *weights)
+    dpre = xp.empty((T, N, HID), dtype=saved.x.dtype)  # (T, N, HID) pre-activation
+    dh = xp.empty((N, HID), dtype=saved.x.dtype)  # (N, HID): gradient reaching h_{t-1}
+    fn = module(xp, "rnn").get_function("rnn_tanh_cell_backward")
+    grid, block = grid_1d(xp, N * HID, THREADS)  # one thread per (n, j)
+    for t in range(T - 1, -1, -1):
+        last = t == T - 1
+        dh_a = grad_y[t] if grad_y is not None else dh  # stand-in never read
+        dh_b = (grad_hn if grad_hn is not None else dh) if last else dh
+        has_b = grad_hn is not None if last else True
+        args = (dh_a, dh_b, saved.y[t], dpre[t], i32(N), i32(HID))
+        fn(grid, block, (*args, _flag(grad_y is not None), _flag(has_b)))
+        xp.matmul(dpre[t], saved.w_hh, out=dh)  # dh_{t-1} = dpre_t W_hh
+    grads = _weight_grads(xp, dpre, saved, saved.has_bias)
+    return (grads[0], dh, *grads[1:])
