@@ -82,14 +82,14 @@ def module(xp, name: str):
     return _cuda_module(name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _emu_module(name: str):
     from gpunn import emu
 
     return emu.load_module(kernel_path(name))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_module(name: str):
     import cupy
 
@@ -174,7 +174,7 @@ def max_grid_x(xp) -> int:
     return _device_max_grid_x(xp.cuda.Device().id)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _device_max_grid_x(device_id: int) -> int:
     import cupy
 

@@ -26,7 +26,7 @@ def _nvrtc():
         from cupy_backends.cuda.libs import nvrtc
 
         nvrtc.getVersion()
-    except Exception as exc:
+    except (ImportError, OSError, RuntimeError) as exc:
         message = f"NVRTC is not usable ({exc}); pip install 'nvidia-cuda-nvrtc==13.0.*'"
         if IN_CI:
             pytest.fail(message)
@@ -104,7 +104,7 @@ def test_ptxas_no_spills(name, tmp_path, record_property):
     src.write_text(_loader.source(name))
     cmd = [nvcc, "-arch=sm_90", "-cubin", "-Xptxas", "-v", *_loader.OPTIONS]
     cmd += ["-o", str(tmp_path / f"{name}.cubin"), str(src)]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
     log = run.stdout + run.stderr
     assert run.returncode == 0, f"nvcc failed on kernels/{name}.cu:\n{log}"
     table = parse_ptxas(log)
