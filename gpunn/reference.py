@@ -1,0 +1,271 @@
+"""NumPy reference for every gpunn op, forward and backward, in float32 and float64.
+
+This is the CPU backend ``"numpy"`` and the oracle the CUDA kernels are tested against. It is
+written for clarity first and vectorised second: no Python loop runs over the batch or over
+pixels. The convolution loops over its R*S filter taps, the recurrent ops over time steps.
+
+Arguments arrive validated and normalised by ``gpunn.functional`` (see CONTRIBUTING.md): pairs
+are tuples of ints, conv padding is ``(top, bottom, left, right)``, pool padding a pair, every
+float array has one dtype (float32 or float64) and results come back in that dtype, computed in
+it. Shape letters: N, C, H, W input; K output channels; R, S filter; OH, OW output; T, N, HID
+for sequences; LSTM gates are ordered i, f, g, o.
+
+The convolution, pooling and recurrent ops take NumPy arrays; the recurrent ops, the LSTM cell
+and the non-kernel ops (linear, ReLU, tanh, cross-entropy) are generic in ``xp`` and also accept
+CuPy arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from gpunn._backend import get_array_module
+from gpunn._shapes import ceil_div, conv_out_size, pool_out_size
+
+# --------------------------------------------------------------------------------------------
+# Convolution
+#
+# y[n, k, oh, ow] = b[k] + sum_{c, r, s} w[k, c, r, s] * xpad[n, c, oh*sh + r*dh, ow*sw + s*dw]
+#
+# Strategy: GEMMs over strided views, with as few large temporaries as possible (on these
+# machines fresh memory, not arithmetic, dominates a naive im2col).
+# 1. Stride phases. The padded input is split by stride into sh*sw phase planes, phase (a, b)
+#    holding xpad[a::sh, b::sw] (Hq x Wq each). Padded row oh*sh + r*dh is then phase row
+#    oh + (r*dh)//sh of row phase a = (r*dh) % sh, and likewise for columns, so every filter
+#    tap reads one phase plane at stride 1.
+# 2. Channel-major, batch flattened. Phase planes are stored as X (C, sh*sw, (N+1)*Hq*Wq): for
+#    output position m = (n*Hq + oh)*Wq + ow, tap (r, s) reads X[c, phase, m + offset(r, s)]
+#    with offset = ((r*dh)//sh)*Wq + (s*dw)//sw. A tap's input is therefore one 2-D slice
+#    (C, M), M = N*Hq*Wq, that BLAS reads in place. Positions with oh >= OH or ow >= OW are
+#    scratch: computed and cropped in forward, given zero gradient in backward. The extra
+#    zero image at the end keeps the scratch reads in bounds.
+# 3. One GEMM per filter row. E (sh, C, S, Mext) holds S column-shifted copies of the planes:
+#    E[a, c, s, m] = X[c, (a, (s*dw) % sw), m + (s*dw)//sw]. For filter row r the (c, s) rows
+#    of the im2col matrix are then E[a].reshape(C*S, Mext)[:, row_offset : row_offset + M],
+#    a strided view, and y = sum_r W[:, :, r, :] (K, C*S) @ that view.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ConvGeometry:
+    """Output size and where each filter row and column reads in the stride-phase planes."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    K: int
+    R: int
+    S: int
+    OH: int
+    OW: int
+    Hq: int  # rows of one phase plane
+    Wq: int  # columns of one phase plane
+    stride: tuple
+    padding4: tuple
+    row_taps: tuple  # per filter row r: (row phase a, flat offset ((r*dh)//sh) * Wq)
+    col_taps: tuple  # per filter column s: (column phase b, column offset (s*dw)//sw)
+
+    @property
+    def M(self) -> int:
+        """Output positions on the scratch-widened grid: N * Hq * Wq."""
+        return self.N * self.Hq * self.Wq
+
+    @property
+    def Mext(self) -> int:
+        """Length of a row of E: M plus the largest filter-row offset."""
+        return self.M + max(offset for _, offset in self.row_taps)
+
+
+def _conv_geometry(x_shape, w_shape, stride, padding4, dilation) -> _ConvGeometry:
+    N, C, H, W = x_shape
+    K, _, R, S = w_shape
+    sh, sw = stride
+    top, bottom, left, right = padding4
+    dh, dw = dilation
+    OH = conv_out_size(H, R, sh, top + bottom, dh)
+    OW = conv_out_size(W, S, sw, left + right, dw)
+    Hq = ceil_div(H + top + bottom, sh)
+    Wq = ceil_div(W + left + right, sw)
+    row_taps = tuple(((r * dh) % sh, ((r * dh) // sh) * Wq) for r in range(R))
+    col_taps = tuple(((s * dw) % sw, (s * dw) // sw) for s in range(S))
+    return _ConvGeometry(N, C, H, W, K, R, S, OH, OW, Hq, Wq, stride, padding4, row_taps, col_taps)
+
+
+def _phase_planes(x, g: _ConvGeometry):
+    """x (N, C, H, W) -> zero-padded phase planes X (C, sh*sw, (N+1)*Hq*Wq)."""
+    sh, sw = g.stride
+    top, _, left, _ = g.padding4
+    xpad = np.zeros((g.C, g.N + 1, g.Hq * sh, g.Wq * sw), dtype=x.dtype)
+    xpad[:, : g.N, top : top + g.H, left : left + g.W] = x.transpose(1, 0, 2, 3)
+    # (C, N+1, Hq, sh, Wq, sw) -> (C, sh, sw, N+1, Hq, Wq): phase (a, b) = xpad[a::sh, b::sw]
+    planes = xpad.reshape(g.C, g.N + 1, g.Hq, sh, g.Wq, sw).transpose(0, 3, 5, 1, 2, 4)
+    return planes.reshape(g.C, sh * sw, (g.N + 1) * g.Hq * g.Wq)
+
+
+def _unphase_planes(X, g: _ConvGeometry):
+    """Inverse of ``_phase_planes``: X (C, sh*sw, (N+1)*Hq*Wq) -> (N, C, H, W)."""
+    sh, sw = g.stride
+    top, _, left, _ = g.padding4
+    planes = X.reshape(g.C, sh, sw, g.N + 1, g.Hq, g.Wq).transpose(3, 0, 4, 1, 5, 2)
+    xpad = planes.reshape(g.N + 1, g.C, g.Hq * sh, g.Wq * sw)
+    return np.ascontiguousarray(xpad[: g.N, :, top : top + g.H, left : left + g.W])
+
+
+def _shifted_copies(X, g: _ConvGeometry):
+    """E (sh, C, S, Mext): E[a, c, s, m] = X[c, (a, b_s), m + col_offset_s] (see above)."""
+    sh, sw = g.stride
+    E = np.empty((sh, g.C, g.S, g.Mext), dtype=X.dtype)
+    for a in range(sh):
+        for s, (b, col) in enumerate(g.col_taps):
+            E[a, :, s, :] = X[:, a * sw + b, col : col + g.Mext]
+    return E
+
+
+def _filter_row_view(E, g: _ConvGeometry, r: int):
+    """The im2col rows (c, s) of filter row r: a (C*S, M) view of E, no copy."""
+    a, offset = g.row_taps[r]
+    return E[a].reshape(g.C * g.S, g.Mext)[:, offset : offset + g.M]
+
+
+def _filter_row(weight, g: _ConvGeometry, r: int):
+    """W[:, :, r, :] as a (K, C*S) matrix, columns ordered (c, s)."""
+    return np.ascontiguousarray(weight[:, :, r, :]).reshape(g.K, g.C * g.S)
+
+
+def conv2d_forward(x, weight, bias, stride, padding4, dilation):
+    """2D cross-correlation (PyTorch's conv2d, groups=1).
+
+    x (N, C, H, W), weight (K, C, R, S), bias (K,) or None; stride and dilation (h, w) pairs;
+    padding4 (top, bottom, left, right) zeros. Returns y (N, K, OH, OW).
+    """
+    g = _conv_geometry(x.shape, weight.shape, stride, padding4, dilation)
+    E = _shifted_copies(_phase_planes(x, g), g)
+    # y = sum_r W_r (K, C*S) @ cols_r (C*S, M): the first row writes y, the others add.
+    y = np.matmul(_filter_row(weight, g, 0), _filter_row_view(E, g, 0))  # (K, M)
+    partial = np.empty_like(y)
+    for r in range(1, g.R):
+        np.matmul(_filter_row(weight, g, r), _filter_row_view(E, g, r), out=partial)
+        y += partial
+    # (K, N, Hq, Wq) -> crop the scratch positions -> (N, K, OH, OW)
+    y = y.reshape(g.K, g.N, g.Hq, g.Wq)[:, :, : g.OH, : g.OW].transpose(1, 0, 2, 3)
+    if bias is not None:
+        y = y + bias.reshape(1, g.K, 1, 1)
+    return np.ascontiguousarray(y)
+
+
+def conv2d_backward(grad_y, x, weight, stride, padding4, dilation, need_bias):
+    """Gradients of ``conv2d_forward``.
+
+    grad_y (N, K, OH, OW), x (N, C, H, W), weight (K, C, R, S). Returns (grad_x (N, C, H, W),
+    grad_w (K, C, R, S), grad_b (K,) or None when ``need_bias`` is False).
+    """
+    g = _conv_geometry(x.shape, weight.shape, stride, padding4, dilation)
+    sh, sw = stride
+    # grad_y on the scratch-widened grid (K, M); scratch positions get zero gradient.
+    gy = np.zeros((g.K, g.N, g.Hq, g.Wq), dtype=grad_y.dtype)
+    gy[:, :, : g.OH, : g.OW] = grad_y.transpose(1, 0, 2, 3)
+    gy = gy.reshape(g.K, g.M)
+
+    # grad_w[:, :, r, :] = gy (K, M) @ cols_r^T (M, C*S)
+    E = _shifted_copies(_phase_planes(x, g), g)
+    grad_w = np.empty(weight.shape, dtype=weight.dtype)
+    for r in range(g.R):
+        grad_w[:, :, r, :] = (gy @ _filter_row_view(E, g, r).T).reshape(g.K, g.C, g.S)
+    del E
+
+    # grad_cols_r = W_r^T gy, then col2im in reverse of the forward copies. Scatter-adds, not
+    # gathers: the taps of neighbouring outputs overlap in the input.
+    grad_E = np.zeros((sh, g.C, g.S, g.Mext), dtype=x.dtype)
+    for r in range(g.R):
+        _filter_row_view(grad_E, g, r)[...] += _filter_row(weight, g, r).T @ gy
+    grad_X = np.zeros((g.C, sh * sw, (g.N + 1) * g.Hq * g.Wq), dtype=x.dtype)
+    for a in range(sh):
+        for s, (b, col) in enumerate(g.col_taps):
+            grad_X[:, a * sw + b, col : col + g.Mext] += grad_E[a, :, s, :]
+    grad_x = _unphase_planes(grad_X, g)
+
+    grad_b = grad_y.sum(axis=(0, 2, 3)) if need_bias else None
+    return grad_x, grad_w, grad_b
+
+
+# --------------------------------------------------------------------------------------------
+# Max pooling
+#
+# y[n, c, oh, ow] = max over the window at padded (oh*sh + r*dh, ow*sw + s*dw), 0 <= r < R,
+# 0 <= s < S. Padded positions (and, in ceil mode, positions past the padding) never win.
+# --------------------------------------------------------------------------------------------
+
+
+def max_pool2d_forward(x, kernel, stride, padding, dilation, ceil_mode):
+    """Max pooling with argmax indices (PyTorch's max_pool2d).
+
+    x (N, C, H, W); kernel (R, S), stride, padding and dilation (h, w) pairs; ceil_mode bool.
+    Returns y (N, C, OH, OW) and indices (N, C, OH, OW) int64 into the flattened H*W plane
+    (h * W + w). Ties go to the first maximum in row-major window order. A window holding a
+    NaN outputs NaN and its index points at the last NaN of the window (PyTorch's CPU rule:
+    a NaN always replaces the running maximum).
+    """
+    N, C, H, W = x.shape
+    R, S = kernel
+    sh, sw = stride
+    ph, pw = padding
+    dh, dw = dilation
+    OH = pool_out_size(H, R, sh, ph, dh, ceil_mode)
+    OW = pool_out_size(W, S, sw, pw, dw, ceil_mode)
+    # A ceil-mode window may reach past the bottom/right padding: extend with -inf to fit.
+    Hp = max(H + 2 * ph, (OH - 1) * sh + (R - 1) * dh + 1)
+    Wp = max(W + 2 * pw, (OW - 1) * sw + (S - 1) * dw + 1)
+    xpad = np.full((N, C, Hp, Wp), -np.inf, dtype=x.dtype)
+    xpad[:, :, ph : ph + H, pw : pw + W] = x
+    inside = np.zeros((Hp, Wp), dtype=bool)
+    inside[ph : ph + H, pw : pw + W] = True
+
+    def windows(a):
+        """(..., Hp, Wp) -> (..., OH, OW, R*S) copy of every window, row-major in (r, s)."""
+        *lead, _, _ = a.shape
+        s_h, s_w = a.strides[-2:]
+        view = as_strided(
+            a,
+            shape=(*lead, OH, OW, R, S),
+            strides=(*a.strides[:-2], s_h * sh, s_w * sw, s_h * dh, s_w * dw),
+            writeable=False,
+        )
+        return view.reshape(*lead, OH, OW, R * S)
+
+    xw = windows(xpad)  # (N, C, OH, OW, R*S)
+    inside_w = windows(inside)  # (OH, OW, R*S)
+    y = xw.max(axis=-1)  # NaN propagates through max
+    is_nan = np.isnan(y)[..., None]
+    # Candidates: the NaNs of a NaN window, else the in-bounds elements equal to the max.
+    hit = np.where(is_nan, np.isnan(xw), (xw == y[..., None]) & inside_w)
+    first = np.argmax(hit, axis=-1)
+    last = R * S - 1 - np.argmax(hit[..., ::-1], axis=-1)
+    chosen = np.where(is_nan[..., 0], last, first)  # (N, C, OH, OW) position in the window
+
+    # Flat input index of every window element: h * W + w with h = oh*sh - ph + r*dh.
+    h = (np.arange(OH) * sh - ph)[:, None, None, None] + (np.arange(R) * dh)[:, None]
+    w = (np.arange(OW) * sw - pw)[None, :, None, None] + (np.arange(S) * dw)[None, :]
+    flat = (h * W + w).reshape(OH, OW, R * S)
+    flat = np.broadcast_to(flat, (N, C, OH, OW, R * S))
+    indices = np.take_along_axis(flat, chosen[..., None], axis=-1)[..., 0]
+    return np.ascontiguousarray(y), indices.astype(np.int64)
+
+
+def max_pool2d_backward(grad_y, indices, input_shape, geometry=None):
+    """Gradient of max pooling: each window's gradient goes to the element it chose.
+
+    grad_y and indices (N, C, OH, OW); input_shape (N, C, H, W). Overlapping windows that
+    chose the same element add up (a scatter-add, np.add.at, which accumulates repeats).
+    ``geometry`` is accepted for the kernel family's signature and not needed here.
+    Returns grad_x (N, C, H, W).
+    """
+    N, C, H, W = input_shape
+    grad_x = np.zeros((N * C, H * W), dtype=grad_y.dtype)
+    P = indices.shape[2] * indices.shape[3]  # OH * OW windows per plane
+    planes = np.arange(N * C).reshape(N * C, 1)  # (N*C, 1)
+    np.add.at(grad_x, (planes, indices.reshape(N * C, P)), grad_y.reshape(N * C, P))
+    return grad_x.reshape(N, C, H, W)
