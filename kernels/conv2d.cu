@@ -19,8 +19,9 @@
 // A tile and a gathered B tile in shared memory; what differs is only the gather, a template
 // parameter. No atomics anywhere, so every kernel is deterministic run to run.
 //
-// Limits: groups=1; N*OH*OW, N*H*W, C*R*S and K*R*S below 2^31 (flat GEMM indices are int);
-// tensors themselves may pass 2^31 elements (all tensor offsets are 64-bit).
+// Limits: groups=1; N*OH*OW, N*H*W, C*R*S and K*R*S at most 2^31 - 1024 (flat GEMM indices
+// are int, with room for a tile's overrun); tensors themselves may pass 2^31 elements (all
+// tensor offsets are 64-bit).
 
 #include "common.cuh"
 
@@ -445,9 +446,10 @@ __device__ inline void store_nchw_tile(float* out, const float (&acc)[CONV_TM][C
 }
 
 // ---- kernels -------------------------------------------------------------------------------
-#define CONV_GEOM_PARAMS                                                                    \
-    int N, int C, int H, int W, int K, int R, int S, int OH, int OW, int stride_h,          \
-        int stride_w, int pad_top, int pad_left, int dil_h, int dil_w
+// Every conv kernel ends its parameter list with the geometry, spelled out (the launch
+// checker parses signatures from the source text), in this order:
+//   int N, int C, int H, int W, int K, int R, int S, int OH, int OW,
+//   int stride_h, int stride_w, int pad_top, int pad_left, int dil_h, int dil_w
 #define CONV_GEOM_ARGS N, C, H, W, K, R, S, OH, OW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
 
 // y[n, k, oh, ow] = bias[k] + sum_{c,r,s} w[k, c, r, s] * x[n, c, ih, iw]
@@ -455,7 +457,8 @@ __device__ inline void store_nchw_tile(float* out, const float (&acc)[CONV_TM][C
 // bias is read only when has_bias != 0 (the host passes a 1-element dummy otherwise).
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)
     conv2d_forward(const float* x, const float* w, const float* bias, int has_bias, float* y,
-                   CONV_GEOM_PARAMS) {
+                   int N, int C, int H, int W, int K, int R, int S, int OH, int OW,
+                   int stride_h, int stride_w, int pad_top, int pad_left, int dil_h, int dil_w) {
     const ConvGeom g = make_geom(CONV_GEOM_ARGS);
     const int npix = N * OH * OW;
     ALoader<WeightCol> al = forward_a(w, g);
@@ -473,7 +476,9 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS)
 // A gather: every grad_x element is written once by one thread, so no atomics are needed.
 // Grid (ceil(N*H*W / BN), ceil(C / BM)); each thread computes 8 channels x 4 input pixels.
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)
-    conv2d_grad_input(const float* grad_y, const float* w, float* grad_x, CONV_GEOM_PARAMS) {
+    conv2d_grad_input(const float* grad_y, const float* w, float* grad_x,
+                      int N, int C, int H, int W, int K, int R, int S, int OH, int OW,
+                      int stride_h, int stride_w, int pad_top, int pad_left, int dil_h, int dil_w) {
     const ConvGeom g = make_geom(CONV_GEOM_ARGS);
     const int npix = N * H * W;
     ALoader<WeightTransposedCol> al = grad_input_a(w, g);
@@ -493,7 +498,8 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS)
 // Grid (ceil(C*R*S / BN), ceil(K / BM), chunks); each thread computes 8 k x 4 taps.
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)
     conv2d_grad_weight(const float* grad_y, const float* x, float* out, int chunk,
-                       CONV_GEOM_PARAMS) {
+                       int N, int C, int H, int W, int K, int R, int S, int OH, int OW,
+                       int stride_h, int stride_w, int pad_top, int pad_left, int dil_h, int dil_w) {
     const ConvGeom g = make_geom(CONV_GEOM_ARGS);
     const int ohw = OH * OW;
     const int npix = N * ohw;
@@ -504,7 +510,7 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS)
     bl.gather = x_gather(x, g);
     bl.init(blockIdx.x * CONV_BN, crs);
     const int k_begin = blockIdx.z * chunk;  // range [0, N*OH*OW)
-    const int k_end = k_begin + chunk < npix ? k_begin + chunk : npix;
+    const int k_end = npix - k_begin > chunk ? k_begin + chunk : npix;  // no int overflow
     float acc[CONV_TM][CONV_TN];
     conv_gemm_tile(al, bl, k_begin, k_end, acc);
 
@@ -570,7 +576,10 @@ extern "C" __global__ void __launch_bounds__(CONV_REDUCE_THREADS)
 // One thread per i; grid ceil(count / 256).
 extern "C" __global__ void conv2d_index_probe(const int* p, const int* q, const int* m,
                                               const int* oh_in, const int* ow_in, long long* out,
-                                              int count, CONV_GEOM_PARAMS) {
+                                              int count, int N, int C, int H, int W, int K,
+                                              int R, int S, int OH, int OW, int stride_h,
+                                              int stride_w, int pad_top, int pad_left, int dil_h,
+                                              int dil_w) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;  // range [0, count)
     if (i < count) {
         const ConvGeom g = make_geom(CONV_GEOM_ARGS);
