@@ -269,3 +269,206 @@ def max_pool2d_backward(grad_y, indices, input_shape, geometry=None):
     planes = np.arange(N * C).reshape(N * C, 1)  # (N*C, 1)
     np.add.at(grad_x, (planes, indices.reshape(N * C, P)), grad_y.reshape(N * C, P))
     return grad_x.reshape(N, C, H, W)
+
+
+# --------------------------------------------------------------------------------------------
+# Recurrent layers (one layer; gpunn.nn stacks them). Generic in xp: NumPy or CuPy arrays.
+#
+# LSTM, gates ordered i, f, g, o:
+#   gates_t = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh          (N, 4*HID)
+#   i, f, o = sigmoid(.), g = tanh(.)
+#   c_t = f * c_{t-1} + i * g,   h_t = o * tanh(c_t)
+# tanh RNN:
+#   h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
+# Forward projects the inputs of all steps with one GEMM, then loops over t. Backward through
+# time loops over t in reverse for the recurrent part, then gets grad_x and the weight
+# gradients of all steps with one GEMM each (the shared weights' gradient is the sum over t).
+# --------------------------------------------------------------------------------------------
+
+
+def _sigmoid(x):
+    """1 / (1 + exp(-x)) without overflow: exp only ever sees -|x|."""
+    xp = get_array_module(x)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _input_projection(x, w_ih, b_ih, b_hh):
+    """x (T, N, I) -> x_t W_ih^T + b_ih + b_hh for every t, (T, N, G) with G the gate width."""
+    proj = x @ w_ih.T
+    if b_ih is not None:
+        proj = proj + b_ih
+    if b_hh is not None:
+        proj = proj + b_hh
+    return proj
+
+
+def _recurrent_weight_grads(grad_pre, x, h_prev, has_ih_bias, has_hh_bias):
+    """Gradients of W_ih, W_hh and the biases from the pre-activation gradients of all steps.
+
+    grad_pre (T, N, G), x (T, N, I), h_prev (T, N, HID) the hidden state entering each step.
+    grad_W_ih = sum_t grad_pre_t^T x_t, one GEMM over the T*N rows; likewise grad_W_hh.
+    """
+    T, N, G = grad_pre.shape
+    flat = grad_pre.reshape(T * N, G)
+    grad_w_ih = flat.T @ x.reshape(T * N, x.shape[2])
+    grad_w_hh = flat.T @ h_prev.reshape(T * N, h_prev.shape[2])
+    grad_b = flat.sum(axis=0)
+    return (
+        grad_w_ih,
+        grad_w_hh,
+        grad_b if has_ih_bias else None,
+        grad_b.copy() if has_hh_bias else None,
+    )
+
+
+def _grad_or_zeros(grad, like):
+    xp = get_array_module(like)
+    return xp.zeros_like(like) if grad is None else grad
+
+
+def lstm_cell_forward(gates, c_prev):
+    """One fused LSTM step for a batch.
+
+    gates (N, 4*HID) pre-activations with the biases already added, ordered i, f, g, o;
+    c_prev (N, HID). Returns (h, c), each (N, HID).
+    """
+    h, c, _ = _lstm_cell(gates, c_prev)
+    return h, c
+
+
+def _lstm_cell(gates, c_prev):
+    """``lstm_cell_forward`` that also returns the activated gates (N, 4*HID) for backward."""
+    xp = get_array_module(gates)
+    HID = c_prev.shape[1]
+    act = xp.empty_like(gates)
+    act[:, : 2 * HID] = _sigmoid(gates[:, : 2 * HID])  # i, f
+    act[:, 2 * HID : 3 * HID] = xp.tanh(gates[:, 2 * HID : 3 * HID])  # g
+    act[:, 3 * HID :] = _sigmoid(gates[:, 3 * HID :])  # o
+    i, f, g, o = (act[:, k * HID : (k + 1) * HID] for k in range(4))
+    c = f * c_prev + i * g
+    h = o * xp.tanh(c)
+    return h, c, act
+
+
+@dataclass(frozen=True)
+class LSTMSaved:
+    """What ``lstm_backward`` needs; never modified after ``lstm_forward`` returns."""
+
+    x: object  # (T, N, I)
+    h: object  # (T + 1, N, HID): h[0] = h0, h[t + 1] = output of step t
+    c: object  # (T + 1, N, HID): c[0] = c0
+    act: object  # (T, N, 4*HID) activated gates i, f, g, o
+    w_ih: object  # (4*HID, I)
+    w_hh: object  # (4*HID, HID)
+    has_ih_bias: bool
+    has_hh_bias: bool
+
+
+def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """One LSTM layer over a whole sequence.
+
+    x (T, N, I), h0 and c0 (N, HID), w_ih (4*HID, I), w_hh (4*HID, HID), b_ih and b_hh
+    (4*HID,) or None. Returns (y (T, N, HID), h_n (N, HID), c_n (N, HID), saved).
+    """
+    xp = get_array_module(x)
+    T, N, _ = x.shape
+    HID = h0.shape[1]
+    proj = _input_projection(x, w_ih, b_ih, b_hh)  # (T, N, 4*HID)
+    h = xp.empty((T + 1, N, HID), dtype=x.dtype)
+    c = xp.empty((T + 1, N, HID), dtype=x.dtype)
+    act = xp.empty((T, N, 4 * HID), dtype=x.dtype)
+    h[0], c[0] = h0, c0
+    for t in range(T):
+        h[t + 1], c[t + 1], act[t] = _lstm_cell(proj[t] + h[t] @ w_hh.T, c[t])
+    saved = LSTMSaved(x, h, c, act, w_ih, w_hh, b_ih is not None, b_hh is not None)
+    return h[1:].copy(), h[T].copy(), c[T].copy(), saved
+
+
+def lstm_backward(saved: LSTMSaved, grad_y, grad_hn, grad_cn):
+    """Backward through time for ``lstm_forward``; a None gradient counts as zeros.
+
+    grad_y (T, N, HID), grad_hn and grad_cn (N, HID). Returns (grad_x (T, N, I), grad_h0,
+    grad_c0 (N, HID), grad_w_ih (4*HID, I), grad_w_hh (4*HID, HID), grad_b_ih, grad_b_hh
+    (4*HID,) or None where the bias was None).
+    """
+    xp = get_array_module(saved.x)
+    T = saved.x.shape[0]
+    HID = saved.h.shape[2]
+    grad_y = _grad_or_zeros(grad_y, saved.h[1:])
+    dh = _grad_or_zeros(grad_hn, saved.h[T]).copy()  # grad of h_t, (N, HID)
+    dc = _grad_or_zeros(grad_cn, saved.c[T]).copy()  # grad of c_t, (N, HID)
+    grad_pre = xp.empty_like(saved.act)  # (T, N, 4*HID) grads of the pre-activation gates
+    for t in range(T - 1, -1, -1):
+        i, f, g, o = (saved.act[t, :, k * HID : (k + 1) * HID] for k in range(4))
+        tanh_c = xp.tanh(saved.c[t + 1])
+        dh = dh + grad_y[t]
+        # h = o * tanh(c)
+        do = dh * tanh_c
+        dc = dc + dh * o * (1 - tanh_c * tanh_c)
+        # c = f * c_prev + i * g
+        di, df, dg = dc * g, dc * saved.c[t], dc * i
+        # through the activations: sigmoid' = s (1 - s), tanh' = 1 - tanh^2
+        grad_pre[t, :, :HID] = di * i * (1 - i)
+        grad_pre[t, :, HID : 2 * HID] = df * f * (1 - f)
+        grad_pre[t, :, 2 * HID : 3 * HID] = dg * (1 - g * g)
+        grad_pre[t, :, 3 * HID :] = do * o * (1 - o)
+        dh = grad_pre[t] @ saved.w_hh  # grad of h_{t-1}
+        dc = dc * f  # grad of c_{t-1}
+    grad_x = grad_pre @ saved.w_ih  # (T, N, I)
+    weight_grads = _recurrent_weight_grads(
+        grad_pre, saved.x, saved.h[:T], saved.has_ih_bias, saved.has_hh_bias
+    )
+    return (grad_x, dh, dc, *weight_grads)
+
+
+@dataclass(frozen=True)
+class RNNSaved:
+    """What ``rnn_tanh_backward`` needs; never modified after ``rnn_tanh_forward`` returns."""
+
+    x: object  # (T, N, I)
+    h: object  # (T + 1, N, HID): h[0] = h0
+    w_ih: object  # (HID, I)
+    w_hh: object  # (HID, HID)
+    has_ih_bias: bool
+    has_hh_bias: bool
+
+
+def rnn_tanh_forward(x, h0, w_ih, w_hh, b_ih, b_hh):
+    """One tanh RNN layer over a whole sequence.
+
+    x (T, N, I), h0 (N, HID), w_ih (HID, I), w_hh (HID, HID), b_ih and b_hh (HID,) or None.
+    Returns (y (T, N, HID), h_n (N, HID), saved).
+    """
+    xp = get_array_module(x)
+    T, N, _ = x.shape
+    HID = h0.shape[1]
+    proj = _input_projection(x, w_ih, b_ih, b_hh)  # (T, N, HID)
+    h = xp.empty((T + 1, N, HID), dtype=x.dtype)
+    h[0] = h0
+    for t in range(T):
+        h[t + 1] = xp.tanh(proj[t] + h[t] @ w_hh.T)
+    saved = RNNSaved(x, h, w_ih, w_hh, b_ih is not None, b_hh is not None)
+    return h[1:].copy(), h[T].copy(), saved
+
+
+def rnn_tanh_backward(saved: RNNSaved, grad_y, grad_hn):
+    """Backward through time for ``rnn_tanh_forward``; a None gradient counts as zeros.
+
+    grad_y (T, N, HID), grad_hn (N, HID). Returns (grad_x (T, N, I), grad_h0 (N, HID),
+    grad_w_ih (HID, I), grad_w_hh (HID, HID), grad_b_ih, grad_b_hh (HID,) or None).
+    """
+    xp = get_array_module(saved.x)
+    T = saved.x.shape[0]
+    grad_y = _grad_or_zeros(grad_y, saved.h[1:])
+    dh = _grad_or_zeros(grad_hn, saved.h[T]).copy()  # grad of h_t
+    grad_pre = xp.empty_like(saved.h[1:])  # (T, N, HID)
+    for t in range(T - 1, -1, -1):
+        # h_t = tanh(pre_t): tanh' = 1 - h_t^2
+        grad_pre[t] = (dh + grad_y[t]) * (1 - saved.h[t + 1] * saved.h[t + 1])
+        dh = grad_pre[t] @ saved.w_hh  # grad of h_{t-1}
+    grad_x = grad_pre @ saved.w_ih  # (T, N, I)
+    weight_grads = _recurrent_weight_grads(
+        grad_pre, saved.x, saved.h[:T], saved.has_ih_bias, saved.has_hh_bias
+    )
+    return (grad_x, dh, *weight_grads)
