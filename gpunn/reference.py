@@ -472,3 +472,90 @@ def rnn_tanh_backward(saved: RNNSaved, grad_y, grad_hn):
         grad_pre, saved.x, saved.h[:T], saved.has_ih_bias, saved.has_hh_bias
     )
     return (grad_x, dh, *weight_grads)
+
+
+# --------------------------------------------------------------------------------------------
+# Linear, activations and loss: not CUDA kernels in this project, written once, generic in xp.
+# --------------------------------------------------------------------------------------------
+
+
+def linear_forward(x, w, b):
+    """y = x W^T + b. x (*, in), w (out, in), b (out,) or None. Returns y (*, out)."""
+    y = x @ w.T
+    if b is not None:
+        y = y + b
+    return y
+
+
+def linear_backward(grad_y, x, w, need_bias):
+    """Gradients of ``linear_forward``.
+
+    grad_y (*, out), x (*, in), w (out, in). Returns (grad_x (*, in), grad_w (out, in),
+    grad_b (out,) or None when ``need_bias`` is False).
+    """
+    out_features, in_features = w.shape
+    gy = grad_y.reshape(-1, out_features)  # (rows, out), rows = product of the * dims
+    grad_x = grad_y @ w
+    grad_w = gy.T @ x.reshape(-1, in_features)
+    grad_b = gy.sum(axis=0) if need_bias else None
+    return grad_x, grad_w, grad_b
+
+
+def relu_forward(x):
+    """max(x, 0) elementwise; NaN stays NaN."""
+    return get_array_module(x).maximum(x, 0)
+
+
+def relu_backward(grad_y, x_or_y):
+    """grad_y where the input (or, equally, the output) is positive, else 0."""
+    xp = get_array_module(grad_y)
+    return xp.where(x_or_y > 0, grad_y, xp.zeros_like(grad_y))
+
+
+def tanh_forward(x):
+    """tanh elementwise."""
+    return get_array_module(x).tanh(x)
+
+
+def tanh_backward(grad_y, y):
+    """grad_y * (1 - y^2), from the output y = tanh(x)."""
+    return grad_y * (1 - y * y)
+
+
+@dataclass(frozen=True)
+class CrossEntropySaved:
+    """What ``cross_entropy_backward`` needs: softmax probabilities and the targets."""
+
+    probs: object  # (N, classes)
+    target: object  # (N,) int64
+
+
+def cross_entropy_forward(logits, target):
+    """Mean softmax cross-entropy, as PyTorch's cross_entropy with reduction="mean".
+
+    logits (N, classes), target (N,) int64 class indices. Returns (loss, saved) with loss a
+    0-d array of the logits' module and dtype; NaN for N = 0, as PyTorch.
+    log_softmax = z - log(sum(exp(z))) with z = logits - max(logits): exp never overflows.
+    """
+    xp = get_array_module(logits)
+    N = logits.shape[0]
+    z = logits - logits.max(axis=1, keepdims=True) if N else logits
+    log_probs = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
+    picked = log_probs[xp.arange(N), target]  # (N,)
+    if N:
+        loss = -picked.sum() / logits.dtype.type(N)
+    else:
+        loss = xp.asarray(xp.nan, dtype=logits.dtype)
+    saved = CrossEntropySaved(xp.exp(log_probs), target)
+    return xp.asarray(loss, dtype=logits.dtype), saved
+
+
+def cross_entropy_backward(saved: CrossEntropySaved):
+    """Gradient of the mean loss for the logits: (softmax - onehot(target)) / N, (N, classes)."""
+    xp = get_array_module(saved.probs)
+    N = saved.probs.shape[0]
+    grad = saved.probs.copy()
+    grad[xp.arange(N), saved.target] -= 1
+    if N:
+        grad /= grad.dtype.type(N)
+    return grad
