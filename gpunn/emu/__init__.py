@@ -84,7 +84,11 @@ def load_module(path) -> EmuModule:
         raise RuntimeError(
             "GPUNN_EMU_SANITIZE=1 needs the sanitizer runtimes loaded first; run: " + SANITIZE_HELP
         )
-    key = (str(path), sanitize, tuple((p, p.stat().st_mtime_ns) for p in included_files(path)))
+    key = (
+        str(path),
+        sanitize,
+        tuple((p, p.stat().st_mtime_ns, p.stat().st_size) for p in included_files(path)),
+    )
     with _modules_lock:
         module = _modules.get(key)
         if module is None:
