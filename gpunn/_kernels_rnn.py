@@ -29,7 +29,7 @@ class LstmSaved(NamedTuple):
     c0: object  # (N, HID)
     w_ih: object  # (4HID, I)
     w_hh: object  # (4HID, HID)
-    has_bias: bool
+    bias_given: tuple  # (bias_ih is not None, bias_hh is not None)
     y: object  # (T, N, HID): h_t for every t
     cs: object  # (T, N, HID): c_t for every t
     gates: object  # (T, N, 4HID): activated i, f, g, o
@@ -40,14 +40,19 @@ class RnnSaved(NamedTuple):
     h0: object  # (N, HID)
     w_ih: object  # (HID, I)
     w_hh: object  # (HID, HID)
-    has_bias: bool
+    bias_given: tuple  # (bias_ih is not None, bias_hh is not None)
     y: object  # (T, N, HID): h_t for every t
 
 
-def _has_bias(b_ih, b_hh) -> bool:
-    if (b_ih is None) != (b_hh is None):
-        raise ValueError("bias_ih and bias_hh must both be given or both be None")
-    return b_ih is not None
+def _biases(xp, x, b_ih, b_hh, G):
+    """(has_bias, bias_ih, bias_hh, which) for the cell kernel: a missing bias of a pair is
+    zeros; with neither, x stands in (never read, has_bias == 0). ``which`` records which
+    biases exist, so backward returns None for the others."""
+    which = (b_ih is not None, b_hh is not None)
+    if not any(which):
+        return False, x, x, which
+    zeros = xp.zeros(G, dtype=x.dtype)  # (G,)
+    return True, zeros if b_ih is None else b_ih, zeros if b_hh is None else b_hh, which
 
 
 def _flag(present) -> object:
@@ -60,7 +65,7 @@ def _input_projection(xp, x, w_ih):
     return xp.matmul(x.reshape(T * N, I), w_ih.T).reshape(T, N, w_ih.shape[0])
 
 
-def _weight_grads(xp, dpre, saved, has_bias):
+def _weight_grads(xp, dpre, saved, bias_given):
     """grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh from the pre-activation gradients
     of every step, dpre (T, N, G), as GEMMs over all T*N rows (BPTT: a shared weight's
     gradient is the sum over the steps)."""
@@ -75,22 +80,23 @@ def _weight_grads(xp, dpre, saved, has_bias):
     grad_w_hh = xp.matmul(dpre[0].T, h0)  # (G, HID)
     if T > 1:
         grad_w_hh += xp.matmul(rows[N:].T, y[:-1].reshape((T - 1) * N, HID))
-    if not has_bias:
+    if not any(bias_given):
         return grad_x, grad_w_ih, grad_w_hh, None, None
-    grad_b = rows.sum(axis=0)  # (G,)
-    return grad_x, grad_w_ih, grad_w_hh, grad_b, grad_b.copy()
+    grad_b = rows.sum(axis=0)  # (G,): d(b_ih) = d(b_hh) = the sum over steps and batch
+    grad_b_ih = grad_b if bias_given[0] else None
+    grad_b_hh = (grad_b.copy() if bias_given[0] else grad_b) if bias_given[1] else None
+    return grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
 
 
 def _zeros_like_or_copy(xp, grad, like):
     return xp.zeros_like(like) if grad is None else grad.copy()
 
 
-def _empty_weight_grads(xp, saved, has_bias):
+def _empty_weight_grads(xp, saved, bias_given):
     grads = (xp.zeros_like(saved.x), xp.zeros_like(saved.w_ih), xp.zeros_like(saved.w_hh))
-    if not has_bias:
-        return (*grads, None, None)
     G = saved.w_ih.shape[0]
-    return (*grads, xp.zeros(G, dtype=saved.x.dtype), xp.zeros(G, dtype=saved.x.dtype))
+    biases = (xp.zeros(G, dtype=saved.x.dtype) if given else None for given in bias_given)
+    return (*grads, *biases)
 
 
 # ---- LSTM ------------------------------------------------------------------------------------
@@ -115,21 +121,19 @@ def lstm_cell_forward(gates, c_prev):
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     """(y (T, N, HID), h_n (N, HID), c_n (N, HID), saved)."""
     xp = get_array_module(x)
-    has_bias = _has_bias(b_ih, b_hh)
     T, N, _ = x.shape
     HID = w_hh.shape[1]
     G = 4 * HID
+    has_bias, bias_ih, bias_hh, which = _biases(xp, x, b_ih, b_hh, G)
     y = xp.empty((T, N, HID), dtype=x.dtype)  # (T, N, HID)
     cs = xp.empty((T, N, HID), dtype=x.dtype)  # (T, N, HID)
     gates = xp.empty((T, N, G), dtype=x.dtype)  # (T, N, 4HID)
-    saved = LstmSaved(x, h0, c0, w_ih, w_hh, has_bias, y, cs, gates)
+    saved = LstmSaved(x, h0, c0, w_ih, w_hh, which, y, cs, gates)
     if T == 0 or N == 0 or HID == 0:
         return y, h0.copy(), c0.copy(), saved
     xg = _input_projection(xp, x, w_ih)  # (T, N, 4HID)
     gh = xp.empty((N, G), dtype=x.dtype)  # (N, 4HID): h_{t-1} W_hh^T, reused every step
     w_hh_t = w_hh.T  # (HID, 4HID) view
-    bias_ih = b_ih if has_bias else xg  # stand-ins are never read (has_bias == 0)
-    bias_hh = b_hh if has_bias else xg
     fn = module(xp, "lstm").get_function("lstm_cell_forward")
     grid, block = grid_1d(xp, N * HID, THREADS)  # one thread per (n, j)
     flags = (_flag(True), _flag(has_bias), _flag(True))
@@ -151,7 +155,7 @@ def lstm_backward(saved, grad_y, grad_hn, grad_cn):
     if T == 0 or N == 0 or HID == 0:
         grad_h0 = _zeros_like_or_copy(xp, grad_hn, saved.h0)
         grad_c0 = _zeros_like_or_copy(xp, grad_cn, saved.c0)
-        grad_x, *weights = _empty_weight_grads(xp, saved, saved.has_bias)
+        grad_x, *weights = _empty_weight_grads(xp, saved, saved.bias_given)
         return (grad_x, grad_h0, grad_c0, *weights)
     dgates = xp.empty((T, N, 4 * HID), dtype=saved.x.dtype)  # (T, N, 4HID) pre-activation
     dh = xp.empty((N, HID), dtype=saved.x.dtype)  # (N, HID): gradient reaching h_{t-1}
@@ -170,7 +174,7 @@ def lstm_backward(saved, grad_y, grad_hn, grad_cn):
         flags = (_flag(grad_y is not None), _flag(has_b), _flag(has_c))
         fn(grid, block, (*args, i32(N), i32(HID), *flags))
         xp.matmul(dgates[t], saved.w_hh, out=dh)  # dh_{t-1} = dgates_t W_hh
-    grads = _weight_grads(xp, dgates, saved, saved.has_bias)
+    grads = _weight_grads(xp, dgates, saved, saved.bias_given)
     return (grads[0], dh, dc, *grads[1:])
 
 
@@ -180,18 +184,16 @@ def lstm_backward(saved, grad_y, grad_hn, grad_cn):
 def rnn_tanh_forward(x, h0, w_ih, w_hh, b_ih, b_hh):
     """(y (T, N, HID), h_n (N, HID), saved)."""
     xp = get_array_module(x)
-    has_bias = _has_bias(b_ih, b_hh)
     T, N, _ = x.shape
     HID = w_hh.shape[1]
+    has_bias, bias_ih, bias_hh, which = _biases(xp, x, b_ih, b_hh, HID)
     y = xp.empty((T, N, HID), dtype=x.dtype)  # (T, N, HID)
-    saved = RnnSaved(x, h0, w_ih, w_hh, has_bias, y)
+    saved = RnnSaved(x, h0, w_ih, w_hh, which, y)
     if T == 0 or N == 0 or HID == 0:
         return y, h0.copy(), saved
     xg = _input_projection(xp, x, w_ih)  # (T, N, HID)
     gh = xp.empty((N, HID), dtype=x.dtype)  # (N, HID): h_{t-1} W_hh^T, reused every step
     w_hh_t = w_hh.T  # (HID, HID) view
-    bias_ih = b_ih if has_bias else xg  # stand-ins are never read (has_bias == 0)
-    bias_hh = b_hh if has_bias else xg
     fn = module(xp, "rnn").get_function("rnn_tanh_cell_forward")
     grid, block = grid_1d(xp, N * HID, THREADS)  # one thread per (n, j)
     for t in range(T):
@@ -210,7 +212,7 @@ def rnn_tanh_backward(saved, grad_y, grad_hn):
     HID = saved.h0.shape[1]
     if T == 0 or N == 0 or HID == 0:
         grad_h0 = _zeros_like_or_copy(xp, grad_hn, saved.h0)
-        grad_x, *weights = _empty_weight_grads(xp, saved, saved.has_bias)
+        grad_x, *weights = _empty_weight_grads(xp, saved, saved.bias_given)
         return (grad_x, grad_h0, *weights)
     dpre = xp.empty((T, N, HID), dtype=saved.x.dtype)  # (T, N, HID) pre-activation
     dh = xp.empty((N, HID), dtype=saved.x.dtype)  # (N, HID): gradient reaching h_{t-1}
@@ -224,5 +226,5 @@ def rnn_tanh_backward(saved, grad_y, grad_hn):
         args = (dh_a, dh_b, saved.y[t], dpre[t], i32(N), i32(HID))
         fn(grid, block, (*args, _flag(grad_y is not None), _flag(has_b)))
         xp.matmul(dpre[t], saved.w_hh, out=dh)  # dh_{t-1} = dpre_t W_hh
-    grads = _weight_grads(xp, dpre, saved, saved.has_bias)
+    grads = _weight_grads(xp, dpre, saved, saved.bias_given)
     return (grads[0], dh, *grads[1:])
