@@ -33,9 +33,9 @@ __device__ inline float sigmoidf(float x) {
 }
 
 // tanh(x): for |x| > 10, 1 - tanh(|x|) < 2e^-20 ~ 4.2e-9, far below half an ulp of 1.0f
-// (2^-25 ~ 3e-8), so the float result
-// is exactly +-1; returning it directly keeps any tanhf implementation (fast-math included)
-// from producing a NaN through exp overflow. NaN fails both comparisons and stays NaN.
+// (2^-25 ~ 3e-8), so the float result is exactly +-1; returning it directly keeps any tanhf
+// implementation (fast-math included) from producing a NaN through exp overflow. NaN fails
+// both comparisons and stays NaN.
 __device__ inline float safe_tanhf(float x) {
     if (x > 10.0f) {
         return 1.0f;

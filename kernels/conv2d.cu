@@ -259,13 +259,24 @@ struct ALoader {
 
 // B loaders: each thread loads reduction row tid / 32 of the tile at columns
 // tid % 32 + j*32 (j < B_LOADS), so consecutive threads read consecutive columns.
+struct BTileRegs {
+    int kk;                   // reduction row within the tile, [0, BK)
+    float reg[CONV_B_LOADS];  // prefetched values of columns tid % 32 + j*32
+
+    // tile is [BK][BN] floats
+    __device__ void stash(float* tile) const {
+#pragma unroll
+        for (int j = 0; j < CONV_B_LOADS; ++j) {
+            tile[kk * CONV_BN + threadIdx.x % CONV_LOAD_STEP + j * CONV_LOAD_STEP] = reg[j];
+        }
+    }
+};
+
 // Columns are pixels (forward, grad input): the pixel parts are decoded once in init().
 template <class G>
-struct BPixelColsLoader {
+struct BPixelColsLoader : BTileRegs {
     G gather;
-    int kk;
     typename G::Pixel px[CONV_B_LOADS];
-    float reg[CONV_B_LOADS];
 
     __device__ void init(int col0, int col_end) {
         kk = threadIdx.x / CONV_LOAD_STEP;
@@ -280,22 +291,13 @@ struct BPixelColsLoader {
 #pragma unroll
         for (int j = 0; j < CONV_B_LOADS; ++j) reg[j] = gather.value(px[j], t);
     }
-    // tile is [BK][BN] floats
-    __device__ void stash(float* tile) const {
-#pragma unroll
-        for (int j = 0; j < CONV_B_LOADS; ++j) {
-            tile[kk * CONV_BN + threadIdx.x % CONV_LOAD_STEP + j * CONV_LOAD_STEP] = reg[j];
-        }
-    }
 };
 
 // Columns are filter taps (grad weight): tap parts decoded once, the pixel once per step.
 template <class G>
-struct BTapColsLoader {
+struct BTapColsLoader : BTileRegs {
     G gather;
-    int kk;
     typename G::Tap tp[CONV_B_LOADS];
-    float reg[CONV_B_LOADS];
 
     __device__ void init(int col0, int col_end) {
         kk = threadIdx.x / CONV_LOAD_STEP;
@@ -309,12 +311,6 @@ struct BTapColsLoader {
         const typename G::Pixel px = gather.pixel(p, p < k_end);
 #pragma unroll
         for (int j = 0; j < CONV_B_LOADS; ++j) reg[j] = gather.value(px, tp[j]);
-    }
-    __device__ void stash(float* tile) const {
-#pragma unroll
-        for (int j = 0; j < CONV_B_LOADS; ++j) {
-            tile[kk * CONV_BN + threadIdx.x % CONV_LOAD_STEP + j * CONV_LOAD_STEP] = reg[j];
-        }
     }
 };
 
