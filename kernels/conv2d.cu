@@ -236,7 +236,9 @@ struct ALoader {
 
     __device__ void init(int m0) {
         kk = threadIdx.x % CONV_BK;
-        for (int j = 0; j < CONV_A_LOADS; ++j) m[j] = m0 + threadIdx.x / CONV_BK + j * CONV_LOAD_STEP;
+        for (int j = 0; j < CONV_A_LOADS; ++j) {
+            m[j] = m0 + threadIdx.x / CONV_BK + j * CONV_LOAD_STEP;
+        }
     }
     // offset of A[m, q] given co = col(q)
     __device__ index64 offset(int mm, index64 co) const { return (index64)mm * row_stride + co; }
@@ -446,7 +448,8 @@ __device__ inline void store_nchw_tile(float* out, const float (&acc)[CONV_TM][C
 // checker parses signatures from the source text), in this order:
 //   int N, int C, int H, int W, int K, int R, int S, int OH, int OW,
 //   int stride_h, int stride_w, int pad_top, int pad_left, int dil_h, int dil_w
-#define CONV_GEOM_ARGS N, C, H, W, K, R, S, OH, OW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
+#define CONV_GEOM_ARGS \
+    N, C, H, W, K, R, S, OH, OW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
 
 // y[n, k, oh, ow] = bias[k] + sum_{c,r,s} w[k, c, r, s] * x[n, c, ih, iw]
 // Grid (ceil(N*OH*OW / BN), ceil(K / BM)); each thread computes 8 output channels x 4 pixels.
@@ -495,7 +498,8 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS)
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)
     conv2d_grad_weight(const float* grad_y, const float* x, float* out, int chunk,
                        int N, int C, int H, int W, int K, int R, int S, int OH, int OW,
-                       int stride_h, int stride_w, int pad_top, int pad_left, int dil_h, int dil_w) {
+                       int stride_h, int stride_w, int pad_top, int pad_left, int dil_h,
+                       int dil_w) {
     const ConvGeom g = make_geom(CONV_GEOM_ARGS);
     const int ohw = OH * OW;
     const int npix = N * ohw;
