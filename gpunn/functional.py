@@ -37,6 +37,7 @@ __all__ = [
     "conv2d_backward",
     "cross_entropy",
     "cross_entropy_backward",
+    "cross_entropy_forward",
     "linear",
     "linear_backward",
     "lstm",
@@ -479,24 +480,27 @@ def _cross_entropy_args(logits, target):
     return xp, dtype
 
 
-def cross_entropy(logits, target):
-    """Mean softmax cross-entropy of logits (N, classes) against int64 target (N,): 0-d array.
+def cross_entropy_forward(logits, target):
+    """Mean softmax cross-entropy of logits (N, classes) against int64 target (N,).
 
-    An empty batch gives NaN, as the mean of nothing does in PyTorch.
+    Returns ``(loss, saved)``: the loss a 0-d array of the logits' module and dtype (NaN for
+    N = 0, as PyTorch), ``saved`` what ``cross_entropy_backward`` needs.
     """
     from gpunn import reference
 
-    xp, dtype = _cross_entropy_args(logits, target)
-    if logits.shape[0] == 0:
-        return xp.full((), numpy.nan, dtype=dtype)
+    xp, _ = _cross_entropy_args(logits, target)
     return reference.cross_entropy_forward(*_contiguous(xp, logits, target))
 
 
-def cross_entropy_backward(logits, target):
-    """Gradient of ``cross_entropy``'s mean loss with respect to the logits."""
+def cross_entropy(logits, target):
+    """Mean softmax cross-entropy, as ``torch.nn.functional.cross_entropy``: a 0-d array."""
+    return cross_entropy_forward(logits, target)[0]
+
+
+def cross_entropy_backward(saved):
+    """Gradient of the mean loss with respect to the logits, from ``cross_entropy_forward``."""
     from gpunn import reference
 
-    xp, dtype = _cross_entropy_args(logits, target)
-    if logits.shape[0] == 0:
-        return xp.zeros(logits.shape, dtype=dtype)
-    return reference.cross_entropy_backward(*_contiguous(xp, logits, target))
+    if not isinstance(saved, reference.CrossEntropySaved):
+        raise TypeError(f"saved must come from cross_entropy_forward, got {type(saved).__name__}")
+    return reference.cross_entropy_backward(saved)

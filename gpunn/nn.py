@@ -441,16 +441,15 @@ class CrossEntropyLoss(Module):
 
     def __init__(self, *, dtype=numpy.float32):
         super().__init__(dtype)
-        self._logits = None
+        self._ctx = None
 
     def forward(self, logits, target):
-        loss = F.cross_entropy(logits, target)
-        self._logits, self._target = logits, target
+        loss, self._ctx = F.cross_entropy_forward(logits, target)
         return loss
 
     def backward(self, grad_output=None):
         """Gradient of the logits; ``grad_output`` scales it (default 1, the loss itself)."""
-        grad = F.cross_entropy_backward(self._saved("_logits"), self._target)
+        grad = F.cross_entropy_backward(self._saved("_ctx"))
         return grad if grad_output is None else grad * grad_output
 
 
