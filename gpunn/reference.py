@@ -207,7 +207,8 @@ def max_pool2d_forward(x, kernel, stride, padding, dilation, ceil_mode):
     Returns y (N, C, OH, OW) and indices (N, C, OH, OW) int64 into the flattened H*W plane
     (h * W + w). Ties go to the first maximum in row-major window order. A window holding a
     NaN outputs NaN and its index points at the last NaN of the window (PyTorch's CPU rule:
-    a NaN always replaces the running maximum).
+    a NaN always replaces the running maximum). A window with no element inside the image
+    (possible with dilation) gives -inf and index -1.
     """
     N, C, H, W = x.shape
     R, S = kernel
@@ -252,6 +253,9 @@ def max_pool2d_forward(x, kernel, stride, padding, dilation, ceil_mode):
     flat = (h * W + w).reshape(OH, OW, R * S)
     flat = np.broadcast_to(flat, (N, C, OH, OW, R * S))
     indices = np.take_along_axis(flat, chosen[..., None], axis=-1)[..., 0]
+    # With dilation a window can fall wholly into the padding: y = -inf and no element to
+    # point at, so its index is -1 (PyTorch returns an out-of-window position there).
+    indices = np.where(inside_w.any(axis=-1), indices, -1)
     return np.ascontiguousarray(y), indices.astype(np.int64)
 
 
@@ -261,13 +265,17 @@ def max_pool2d_backward(grad_y, indices, input_shape, geometry=None):
     grad_y and indices (N, C, OH, OW); input_shape (N, C, H, W). Overlapping windows that
     chose the same element add up (a scatter-add, np.add.at, which accumulates repeats).
     ``geometry`` is accepted for the kernel family's signature and not needed here.
-    Returns grad_x (N, C, H, W).
+    An index of -1 (a window wholly in the padding) passes no gradient. Returns grad_x
+    (N, C, H, W).
     """
     N, C, H, W = input_shape
     grad_x = np.zeros((N * C, H * W), dtype=grad_y.dtype)
     P = indices.shape[2] * indices.shape[3]  # OH * OW windows per plane
     planes = np.arange(N * C).reshape(N * C, 1)  # (N*C, 1)
-    np.add.at(grad_x, (planes, indices.reshape(N * C, P)), grad_y.reshape(N * C, P))
+    indices = indices.reshape(N * C, P)
+    chose = indices >= 0  # index -1: a window wholly in the padding passes no gradient
+    grad = np.where(chose, grad_y.reshape(N * C, P), 0)
+    np.add.at(grad_x, (planes, np.where(chose, indices, 0)), grad)
     return grad_x.reshape(N, C, H, W)
 
 

@@ -106,7 +106,7 @@ def test_conv_bias_none_and_no_bias_grad():
 
 @pytest.mark.parametrize("name", ["odd", "mixed_stride_dilation", "asymmetric_pad"])
 def test_conv_backward_finite_differences(name):
-    H, W, R, S, stride, padding4, dilation = CASES[name][2:3] + CASES[name][3:4] + CASES[name][5:]
+    _, _, H, W, _, R, S, stride, padding4, dilation = CASES[name]
     small = (1, 2, H, W, 2, R, S, stride, padding4, dilation)
     x, w, b, gy = conv_inputs(small, np.float64, ("fd", name))
 
