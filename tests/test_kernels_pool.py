@@ -143,3 +143,30 @@ def test_plane_beyond_2_31_elements(kernel_backend, torch_oracle):
         assert_exact(y[0, 0, row], y_ref[0, 0, 0], f"values of output row {row}")
         assert_exact(ind[0, 0, row], ind_ref[0, 0, 0] + first * W, f"indices of row {row}")
     assert int(to_numpy(ind).max()) > 2**31
+
+
+@pytest.mark.gpu
+def test_gather_backward_beyond_2_31_elements_on_gpu():
+    """The backward gather over the same 2^31 + 2^15-element plane: 2^31 threads, so it runs
+    on the GPU only (emulated it would take hours)."""
+    from gpunn._backend import gpu_unavailable_reason
+
+    reason = gpu_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no usable GPU: {reason}")
+    import cupy
+
+    H, W = 65537, 32768
+    x = cupy.zeros((1, 1, H, W), dtype=cupy.float32)
+    x[0, 0, H - 2 :] = cupy.asarray(np.random.default_rng(7).standard_normal((2, W)), cupy.float32)
+    geometry = ((2, 2), (H - 2, 2), (0, 0), (1, 1))
+    _, ind = _kernels.max_pool2d_forward(x, *geometry, False)
+    gy = cupy.asarray(np.random.default_rng(8).integers(1, 4, ind.shape), cupy.float32)
+    grad_x = _kernels.max_pool2d_backward(gy, ind, x.shape, geometry)
+    # Each window's gradient lands on its own argmax: one non-zero per window, where ind says.
+    flat = grad_x.reshape(-1)
+    for row in (0, 1):
+        chosen = ind[0, 0, row]
+        assert cupy.array_equal(flat[chosen], gy[0, 0, row])
+    del x, grad_x, flat
+    cupy.get_default_memory_pool().free_all_blocks()

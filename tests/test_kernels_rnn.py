@@ -206,3 +206,32 @@ def test_empty_batch_launches_nothing(kernel_backend, monkeypatch, kind):
 def test_tolerance_table_is_float32_1e5():
     """The recurrent comparisons rely on TOL: float32 within 1e-5 of float64."""
     assert TOL[np.dtype(np.float32)] == 1e-5
+
+
+@pytest.mark.gpu
+def test_lstm_cell_gates_beyond_2_31_elements_on_gpu():
+    """gates (N, 4*HID) with N*4*HID = 2^31 + 4*HID: the last rows sit at offsets past 2^31,
+    where 32-bit index arithmetic would wrap. GPU only (2^29 threads)."""
+    from gpunn._backend import gpu_unavailable_reason
+
+    reason = gpu_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no usable GPU: {reason}")
+    import cupy
+
+    N, HID = 2**19 + 1, 1024
+    gates = cupy.zeros((N, 4 * HID), dtype=cupy.float32)
+    c_prev = cupy.zeros((N, HID), dtype=cupy.float32)
+    rng = np.random.default_rng(16)
+    tail_gates = rng.standard_normal((2, 4 * HID)).astype(np.float32)
+    tail_c = rng.standard_normal((2, HID)).astype(np.float32)
+    gates[-2:] = cupy.asarray(tail_gates)
+    c_prev[-2:] = cupy.asarray(tail_c)
+    h, c = _kernels.lstm_cell_forward(gates, c_prev)
+    h_ref, c_ref = reference.lstm_cell_forward(
+        tail_gates.astype(np.float64), tail_c.astype(np.float64)
+    )
+    assert_close(h[-2:], h_ref, dtype=np.float32, what="h of the last rows")
+    assert_close(c[-2:], c_ref, dtype=np.float32, what="c of the last rows")
+    del gates, c_prev, h, c
+    cupy.get_default_memory_pool().free_all_blocks()
