@@ -971,7 +971,7 @@ def _cpu_name() -> str:
 def versions() -> dict:
     """Versions of gpunn, Python and the libraries the CLI uses (None: not installed)."""
     out = {"gpunn": gpunn.__version__, "python": platform.python_version()}
-    for dist in ("numpy", "cupy-cuda13x", "cupy-cuda12x", "torch", "click", "scikit-learn"):
+    for dist in ("numpy", "torch", "click", "scikit-learn"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[dist] = importlib.metadata.version(dist)
     cp = cupy_module()
