@@ -432,36 +432,40 @@ def linear_backward(grad_y, x, weight, bias=True):
     return reference.linear_backward(*_contiguous(xp, grad_y, x, weight), need_bias)
 
 
-def relu(x):
+def _pointwise(op: str, x):
     from gpunn import reference
 
     float_arrays(x=x)
-    return reference.relu_forward(x)
+    return getattr(reference, f"{op}_forward")(x)
+
+
+def _pointwise_backward(op: str, grad_y, name: str, saved):
+    """``reference.<op>_backward(grad_y, saved)`` after checking ``grad_y`` against ``saved``."""
+    from gpunn import reference
+
+    float_arrays(grad_y=grad_y, **{name: saved})
+    check_shape(grad_y, "grad_y", saved.shape)
+    return getattr(reference, f"{op}_backward")(grad_y, saved)
+
+
+def relu(x):
+    """``max(x, 0)`` elementwise."""
+    return _pointwise("relu", x)
 
 
 def relu_backward(grad_y, x):
     """Gradient of ``relu`` at its input ``x``."""
-    from gpunn import reference
-
-    float_arrays(grad_y=grad_y, x=x)
-    check_shape(grad_y, "grad_y", x.shape)
-    return reference.relu_backward(grad_y, x)
+    return _pointwise_backward("relu", grad_y, "x", x)
 
 
 def tanh(x):
-    from gpunn import reference
-
-    float_arrays(x=x)
-    return reference.tanh_forward(x)
+    """``tanh(x)`` elementwise."""
+    return _pointwise("tanh", x)
 
 
 def tanh_backward(grad_y, y):
     """Gradient of ``tanh`` given its output ``y``: ``grad_y * (1 - y^2)``."""
-    from gpunn import reference
-
-    float_arrays(grad_y=grad_y, y=y)
-    check_shape(grad_y, "grad_y", y.shape)
-    return reference.tanh_backward(grad_y, y)
+    return _pointwise_backward("tanh", grad_y, "y", y)
 
 
 def _cross_entropy_args(logits, target):

@@ -354,8 +354,9 @@ class ReLU(Module):
         self._x = None
 
     def forward(self, x):
+        y = F.relu(x)
         self._x = x
-        return F.relu(x)
+        return y
 
     def backward(self, grad_output):
         return F.relu_backward(grad_output, self._saved("_x"))
