@@ -1,7 +1,7 @@
 """Kernel signatures parsed from CUDA C sources, and launch-argument checks against them.
 
 CuPy passes whatever it is given to a kernel: a Python int arrives as a 64-bit integer, a
-float64 array is read as float32 garbage. Both loaders (``gpunn._cuda`` and ``gpunn.emu``)
+float64 array is read as float32 garbage. Both loaders (``gpunn._loader`` and ``gpunn.emu``)
 therefore check every launch against the parsed ``__global__`` signature first.
 """
 
