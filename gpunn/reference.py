@@ -515,9 +515,9 @@ def relu_forward(x):
 
 
 def relu_backward(grad_y, x_or_y):
-    """grad_y where the input (or, equally, the output) is positive, else 0."""
+    """grad_y, zeroed where the input (or the output) is <= 0; NaN passes it, as in PyTorch."""
     xp = get_array_module(grad_y)
-    return xp.where(x_or_y > 0, grad_y, xp.zeros_like(grad_y))
+    return xp.where(x_or_y <= 0, xp.zeros_like(grad_y), grad_y)
 
 
 def tanh_forward(x):
