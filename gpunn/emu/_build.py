@@ -49,6 +49,12 @@ def sanitize_requested() -> bool:
     return os.environ.get("GPUNN_EMU_SANITIZE", "") not in ("", "0")
 
 
+def compiler_env() -> dict[str, str]:
+    """The environment for the compiler: without LD_PRELOAD, which under the sanitizer set-up
+    names libasan (uninstrumented tools such as nvcc crash with it preloaded)."""
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
 def cache_dir() -> Path:
     explicit = os.environ.get("GPUNN_EMU_CACHE")
     if explicit:
@@ -60,7 +66,9 @@ def cache_dir() -> Path:
 @functools.cache
 def compiler_identity(cxx: str) -> str:
     """The compiler's version line (part of every cache key)."""
-    out = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [cxx, "--version"], capture_output=True, env=compiler_env(), text=True, check=True
+    )
     return out.stdout.splitlines()[0] if out.stdout else cxx
 
 
@@ -76,6 +84,7 @@ def probe_compiler(cxx: str) -> str | None:
         result = subprocess.run(
             [cxx, *COMMON_FLAGS, "-c", str(src), "-o", str(Path(tmp) / "probe.o")],
             capture_output=True,
+            env=compiler_env(),
             text=True,
             check=False,
         )
@@ -116,7 +125,9 @@ def _compile(cmd: list[str], target: Path, what: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".tmp")
     os.close(fd)
     try:
-        result = subprocess.run([*cmd, "-o", tmp], capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [*cmd, "-o", tmp], capture_output=True, env=compiler_env(), text=True, check=False
+        )
         if result.returncode != 0:
             raise EmuCompileError(
                 f"{what}: {cmd[0]} failed to compile it for the CPU emulator "
