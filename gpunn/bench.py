@@ -279,17 +279,17 @@ class SeqShape:
         return (self.T, self.N, self.I, self.HID)
 
 
-# Batch 64 is the digits training batch (gpunn.train.DEFAULT_BATCH_SIZE) and a LeNet batch.
+# The digits presets are the layers of gpunn.train's models at its batch size (64).
 CONV_PRESETS = {
-    "digits-conv1": ConvShape(64, 1, 8, 8, 8, 3, 3, 1, 1),
-    "digits-conv2": ConvShape(64, 8, 4, 4, 16, 3, 3, 1, 1),
+    "digits-conv1": ConvShape(64, 1, 8, 8, 16, 3, 3, 1, 1),
+    "digits-conv2": ConvShape(64, 16, 4, 4, 32, 3, 3, 1, 1),
     "lenet-conv1": ConvShape(64, 1, 28, 28, 6, 5, 5, 1, 0),
     "lenet-conv2": ConvShape(64, 6, 12, 12, 16, 5, 5, 1, 0),
     "resnet50-conv3x3": ConvShape(32, 64, 56, 56, 64, 3, 3, 1, 1),
 }
 POOL_PRESETS = {
-    "digits-pool1": PoolShape(64, 8, 8, 8, 2, 2, 2, 0),
-    "digits-pool2": PoolShape(64, 16, 4, 4, 2, 2, 2, 0),
+    "digits-pool1": PoolShape(64, 16, 8, 8, 2, 2, 2, 0),
+    "digits-pool2": PoolShape(64, 32, 4, 4, 2, 2, 2, 0),
     "lenet-pool1": PoolShape(64, 6, 24, 24, 2, 2, 2, 0),
     "lenet-pool2": PoolShape(64, 16, 8, 8, 2, 2, 2, 0),
     "resnet50-stem-pool": PoolShape(32, 64, 112, 112, 3, 3, 2, 1),

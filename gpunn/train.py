@@ -8,8 +8,8 @@ testing, whatever seed the training run uses.
 Two models, built only from ``gpunn.nn`` and trained with ``gpunn.optim.Adam`` on
 ``CrossEntropyLoss``:
 
-- ``cnn``: Conv2d(1, 8, 3, padding=1) -> ReLU -> MaxPool2d(2) -> Conv2d(8, 16, 3, padding=1)
-  -> ReLU -> MaxPool2d(2) -> Flatten -> Linear(16*2*2, 10);
+- ``cnn``: Conv2d(1, 16, 3, padding=1) -> ReLU -> MaxPool2d(2) -> Conv2d(16, 32, 3,
+  padding=1) -> ReLU -> MaxPool2d(2) -> Flatten -> Linear(32*2*2, 10);
 - ``lstm``: each digit read top to bottom as a sequence of 8 rows of 8 pixels (T=8, I=8) ->
   LSTM(8, 64) -> the last hidden state -> Linear(64, 10).
 
@@ -37,8 +37,9 @@ TEST_FRACTION = 0.2
 DEFAULT_SEED = 0
 DEFAULT_BATCH_SIZE = 64
 # Per model: epochs and Adam learning rate that reach the accuracy bars (cnn >= 97%,
-# lstm >= 90%) on the fixed split in well under a minute on two CPU cores.
-DEFAULTS = {"cnn": {"epochs": 20, "lr": 1e-2}, "lstm": {"epochs": 20, "lr": 1e-2}}
+# lstm >= 90%) on the fixed split in well under a minute on two CPU cores. Measured over
+# seeds 0-3: cnn 98.3-99.2% (8/16 channels reached only 96.9-98.6%), lstm 96.9-98.9%.
+DEFAULTS = {"cnn": {"epochs": 15, "lr": 5e-3}, "lstm": {"epochs": 20, "lr": 1e-2}}
 SIDE = 8  # digits are SIDE x SIDE pixels
 CLASSES = 10
 HIDDEN = 64
@@ -96,14 +97,14 @@ def build_model(name: str) -> nn.Module:
     """A fresh model; its initial weights come from gpunn's seeded generator."""
     if name == "cnn":
         return nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1),  # (N, 8, 8, 8)
+            nn.Conv2d(1, 16, 3, padding=1),  # (N, 16, 8, 8)
             nn.ReLU(),
-            nn.MaxPool2d(2),  # (N, 8, 4, 4)
-            nn.Conv2d(8, 16, 3, padding=1),  # (N, 16, 4, 4)
+            nn.MaxPool2d(2),  # (N, 16, 4, 4)
+            nn.Conv2d(16, 32, 3, padding=1),  # (N, 32, 4, 4)
             nn.ReLU(),
-            nn.MaxPool2d(2),  # (N, 16, 2, 2)
-            nn.Flatten(),  # (N, 64)
-            nn.Linear(16 * 2 * 2, CLASSES),
+            nn.MaxPool2d(2),  # (N, 32, 2, 2)
+            nn.Flatten(),  # (N, 128)
+            nn.Linear(32 * 2 * 2, CLASSES),
         )
     if name == "lstm":
         return nn.Sequential(
