@@ -180,8 +180,10 @@ def conv2d_backward(grad_y, x, weight, stride, padding4, dilation, need_bias):
     # grad_cols_r = W_r^T gy, then col2im in reverse of the forward copies. Scatter-adds, not
     # gathers: the taps of neighbouring outputs overlap in the input.
     grad_E = np.zeros((sh, g.C, g.S, g.Mext), dtype=x.dtype)
+    grad_cols = np.empty((g.C * g.S, g.M), dtype=x.dtype)  # one buffer reused for every r
     for r in range(g.R):
-        _filter_row_view(grad_E, g, r)[...] += _filter_row(weight, g, r).T @ gy
+        np.matmul(_filter_row(weight, g, r).T, gy, out=grad_cols)
+        _filter_row_view(grad_E, g, r)[...] += grad_cols
     grad_X = np.zeros((g.C, sh * sw, (g.N + 1) * g.Hq * g.Wq), dtype=x.dtype)
     for a in range(sh):
         for s, (b, col) in enumerate(g.col_taps):
