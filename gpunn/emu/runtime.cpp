@@ -73,6 +73,8 @@ struct Worker {
     std::vector<Fiber> fibers;
     size_t nthreads = 0;
     size_t current = 0;
+    // This pass runs the fibers in descending thread order (see pass_is_reversed).
+    bool reverse = false;
     ucontext_t scheduler;
     ucontext_t blank;  // a getcontext() result that makecontext() starts from
     bool blank_ready = false;
@@ -157,12 +159,32 @@ void switch_context(ucontext_t* from, ucontext_t* to, const void* to_stack, size
     std::abort();  // setcontext returns only if `to` is not a valid context
 }
 
-// The next fiber after the current one in this pass that can run, or nthreads for none.
-size_t next_runnable(Worker* w) {
-    size_t i = w->current + 1;
+// A pass runs every live thread of the block up to its next barrier, one after another. The
+// order alternates between ascending and descending thread index with the block and with each
+// pass, so that a missing barrier between a write by one thread and a read by a neighbour on
+// either side (slot[t - 1] as well as slot[t + 1]) lets the reader run first in some pass and
+// see the poisoned (NaN) or stale value instead of the neighbour's write.
+bool pass_is_reversed(unsigned pass) {
+    return ((blockIdx.x + blockIdx.y + blockIdx.z + pass) & 1u) != 0;
+}
+
+// The next fiber after the current one in this pass's order that can run, or nthreads for
+// none. Pass w->nthreads as `after` to start a pass.
+size_t next_runnable_after(const Worker* w, size_t after) {
+    if (w->reverse) {
+        size_t i = after;  // from nthreads (start) or the current fiber, walk down
+        while (i > 0) {
+            --i;
+            if (w->fibers[i].state == FiberState::Runnable) return i;
+        }
+        return w->nthreads;
+    }
+    size_t i = after == w->nthreads ? 0 : after + 1;
     while (i < w->nthreads && w->fibers[i].state != FiberState::Runnable) ++i;
     return i;
 }
+
+size_t next_runnable(Worker* w) { return next_runnable_after(w, w->current); }
 
 // Switch from the current fiber (or the scheduler) to fiber i, or to the scheduler when
 // i == nthreads. With `dying`, the current fiber is never resumed.
@@ -281,10 +303,9 @@ bool check_barrier(Worker* w, bool* finished, std::string* message) {
 
 bool run_block_fibers(Worker* w, std::string* message) {
     prepare_fibers(w);
-    for (;;) {
-        size_t first = 0;
-        while (first < w->nthreads && w->fibers[first].state != FiberState::Runnable) ++first;
-        w->current = 0;
+    for (unsigned pass = 0;; ++pass) {
+        w->reverse = pass_is_reversed(pass);
+        const size_t first = next_runnable_after(w, w->nthreads);
         resume(w, &w->scheduler, first, false);
         if (w->faulted) {
             *message = w->fault;

@@ -3,6 +3,7 @@
 //   block_sum       out[b] = sum of in over block b's BLOCK elements (tree reduction)
 //   shift_left      out[i] = in[i + 1] within a block, through shared memory; `sync` says
 //                   whether the barrier between the write and the read is taken
+//   shift_right     out[i] = in[i - 1] within a block, the same way
 //   read_unwritten  out[i] = tile[i] of a shared tile no thread wrote
 #include "fixture_common.cuh"
 
@@ -51,6 +52,18 @@ extern "C" __global__ void shift_left(const float* in, float* out, int sync) {
         __syncthreads();
     }
     out[i] = threadIdx.x + 1 < BLOCK ? slot[threadIdx.x + 1] : 0.0f;
+}
+
+// One thread per element of a block: out[i] = in[i - 1], the first thread of the block reads 0.
+extern "C" __global__ void shift_right(const float* in, float* out, int sync) {
+    GPUNN_SHARED(float, slot, [BLOCK]);
+    const int i = blockIdx.x * BLOCK + threadIdx.x;
+    slot[threadIdx.x] = in[i];
+    if (sync) {
+        // The neighbour's slot is written by another thread.
+        __syncthreads();
+    }
+    out[i] = threadIdx.x > 0 ? slot[threadIdx.x - 1] : 0.0f;
 }
 
 // One thread per element: reads a shared slot no thread wrote (the emulator gives NaN).
