@@ -104,7 +104,9 @@ def test_ptxas_no_spills(name, tmp_path, record_property):
     src.write_text(_loader.source(name))
     cmd = [nvcc, "-arch=sm_90", "-cubin", "-Xptxas", "-v", *_loader.OPTIONS]
     cmd += ["-o", str(tmp_path / f"{name}.cubin"), str(src)]
-    run = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
+    # nvcc must not inherit the sanitizer step's LD_PRELOAD of libasan (it crashes under it).
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    run = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, env=env)
     log = run.stdout + run.stderr
     assert run.returncode == 0, f"nvcc failed on kernels/{name}.cu:\n{log}"
     table = parse_ptxas(log)
