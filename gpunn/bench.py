@@ -470,7 +470,7 @@ def measure_cpu_bandwidth(nbytes: int = 64 << 20, repeat: int = 5) -> float:
     return 2 * src.nbytes / best
 
 
-def measure_cpu_flops(n: int = 1024, repeat: int = 5) -> float:
+def measure_cpu_flops(n: int = 2048, repeat: int = 3) -> float:
     """FLOP/s of the best of ``repeat`` float32 n x n matrix products (2*n^3 FLOPs each)."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
@@ -1038,6 +1038,9 @@ class Harness:
         }
         if self.backend.on_gpu:
             h["l2_flush_bytes"] = self.timer.flush_bytes
+        else:
+            # Other processes on the same cores slow both gpunn and the peer: say how busy.
+            h["load_average_1min"] = os.getloadavg()[0]
         if s.backend == "emu":
             h["note"] = (
                 "emu runs the CUDA C kernels on the CPU, one fiber per GPU thread: it is slow, "
