@@ -23,7 +23,7 @@ def cupy_module():
     """The cupy module if it imports, else None (never raises)."""
     try:
         import cupy
-    except Exception:
+    except Exception:  # noqa: BLE001 (a broken CUDA install raises anything at import)
         return None
     return cupy
 
@@ -70,7 +70,7 @@ def gpu_unavailable_reason() -> str | None:
         return "cupy is not installed (pip install 'gpunn[cuda13]' or 'gpunn[cuda12]')"
     try:
         count = cp.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # no driver, no device
+    except Exception as exc:  # noqa: BLE001 (no driver, no device, a driver too old)
         return f"CUDA is not usable: {exc}"
     if count < 1:
         return "no CUDA device found"

@@ -76,3 +76,19 @@ def ceil_div(a: int, b: int) -> int:
 
 def numel(shape) -> int:
     return math.prod(shape)
+
+
+def empty_pool_window(size: int, k: int, stride: int, pad: int, dilation: int, out: int):
+    """The first output position along one axis whose pooling window holds no input element
+    (every tap ``o*stride - pad + j*dilation`` falls in the padding), or None.
+
+    ``pad <= k // 2`` rules this out without dilation; with dilation the taps can step over
+    the whole input (H=2, k=2, pad=1, dil=3: taps at -1 and 2).
+    """
+    for o in range(out):
+        start = o * stride - pad
+        j0 = 0 if start >= 0 else ceil_div(-start, dilation)  # the first tap at or after 0
+        if j0 < k and start + j0 * dilation < size:
+            continue
+        return o
+    return None

@@ -186,13 +186,6 @@ def train_cmd(model, device, epochs, batch_size, lr, seed, train_size, as_json):
         }
     )
 
-    def on_epoch(r):
-        click.echo(
-            f"epoch {r['epoch']:3d}  loss {r['train_loss']:.4f}  train acc "
-            f"{r['train_accuracy']:.4f}  test acc {r['test_accuracy']:.4f}  "
-            f"{r['seconds']:.1f} s"
-        )
-
     def progress(batches, epoch):
         with _progress(batches, f"epoch {epoch}/{epochs}") as bar:
             yield from bar
@@ -206,15 +199,12 @@ def train_cmd(model, device, epochs, batch_size, lr, seed, train_size, as_json):
             seed=seed,
             device=device,
             train_size=train_size,
-            on_epoch=on_epoch,
+            on_epoch=lambda r: click.echo(train.format_epoch(r)),
             progress=progress,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    click.echo(
-        f"test accuracy {result['test_accuracy']:.4f} ({result['test_examples']} digits) after "
-        f"{result['epochs']} epochs in {result['seconds']:.1f} s"
-    )
+    click.echo(train.format_result(result))
     if as_json:
         summary = {k: v for k, v in result.items() if k != "history"}
         click.echo(json.dumps(summary))

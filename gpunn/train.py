@@ -250,3 +250,40 @@ def _fit(name, data, xp, epochs, batch_size, lr, seed, device, on_epoch, progres
         "test_examples": int(data.y_test.shape[0]),
         "history": history,
     }
+
+
+def format_epoch(record: dict) -> str:
+    """One line for an ``on_epoch`` record (the CLI and the examples print it)."""
+    return (
+        f"epoch {record['epoch']:3d}  loss {record['train_loss']:.4f}  train acc "
+        f"{record['train_accuracy']:.4f}  test acc {record['test_accuracy']:.4f}  "
+        f"{record['seconds']:.1f} s"
+    )
+
+
+def format_result(result: dict) -> str:
+    return (
+        f"test accuracy {result['test_accuracy']:.4f} ({result['test_examples']} digits) after "
+        f"{result['epochs']} epochs in {result['seconds']:.1f} s"
+    )
+
+
+def example_parser(name: str):
+    """Command-line options of ``examples/train_<name>.py`` (the keywords of ``fit``)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=f"Train the digits {name} with gpunn.")
+    p.add_argument("--epochs", type=int, default=DEFAULTS[name]["epochs"])
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--lr", type=float, default=DEFAULTS[name]["lr"])
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--device", choices=DEVICES, default="cpu")
+    return p
+
+
+def run_example(name: str, echo: Callable[[str], None], **options) -> dict:
+    """``fit`` with its model, each epoch and the result written through ``echo``."""
+    echo(repr(build_model(name)))
+    result = fit(name, on_epoch=lambda record: echo(format_epoch(record)), **options)
+    echo(format_result(result))
+    return result

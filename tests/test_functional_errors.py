@@ -244,6 +244,11 @@ CASES = {
         "padding must be at most half of kernel_size",
         lambda: F.max_pool2d(X, 3, padding=2),
     ),
+    "pool window wholly in the padding": (
+        ValueError,
+        "the pooling window of output column 0 lies entirely in the padding",
+        lambda: F.max_pool2d(np.ones((1, 1, 4, 2), np.float32), 2, padding=1, dilation=3),
+    ),
     "pool window larger than input": (
         ValueError,
         "the pooling window (dilated size (9, 9)) is larger than the padded input",

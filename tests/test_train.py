@@ -69,3 +69,17 @@ def test_fit_bad_arguments(kwargs, needle):
 def test_default_run_reaches_accuracy_bar(model, bar):
     result = train.fit(model)
     assert result["test_accuracy"] >= bar
+
+
+@pytest.mark.parametrize("model", ["cnn", "lstm"])
+def test_examples_are_importable(model, capsys):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / f"train_{model}.py"
+    spec = importlib.util.spec_from_file_location(f"train_{model}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(epochs=1)
+    assert result["model"] == model and result["epochs"] == 1
+    assert "test accuracy" in capsys.readouterr().out
