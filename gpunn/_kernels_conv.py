@@ -110,20 +110,36 @@ def conv2d_backward(grad_y, x, weight, stride, padding4, dilation, need_bias):
     grad_x = xp.empty((N, C, H, W), dtype=x.dtype)  # (N, C, H, W)
     grad_w = xp.empty((K, C, R, S), dtype=x.dtype)  # (K, C, R, S)
     grad_b = xp.empty((K,), dtype=x.dtype) if need_bias else None  # (K,)
-    if grad_y.size == 0:  # N = 0: no pixel contributes
-        grad_w[...] = 0
-        if grad_b is not None:
-            grad_b[...] = 0
+    if grad_y.size == 0:  # N = 0 or K = 0: no output contributes to any gradient
+        for g in (grad_x, grad_w, grad_b):
+            if g is not None:
+                g[...] = 0
         return grad_x, grad_w, grad_b
     geometry = _geometry(x.shape, weight.shape, OH, OW, stride, padding4, dilation)
     mod = module(xp, "conv2d")
 
-    # grad_x: GEMM rows C, columns (n, h, w), a gather over (k, r, s)
-    fn = mod.get_function("conv2d_grad_input")
-    fn(_gemm_grid(N * H * W, C), (THREADS, 1, 1), (grad_y, weight, grad_x, *geometry))
+    # grad_x: GEMM rows C, columns (n, h, w), a gather over (k, r, s); no launch when x is
+    # empty (C = 0, or an image of only padding), which an empty grid could not express.
+    if grad_x.size:
+        fn = mod.get_function("conv2d_grad_input")
+        fn(_gemm_grid(N * H * W, C), (THREADS, 1, 1), (grad_y, weight, grad_x, *geometry))
 
-    # grad_w: GEMM rows K, columns (c, r, s), split-K over the pixels, then a fixed-order sum
-    npix, crs = N * OH * OW, C * R * S
+    if grad_w.size:  # C = 0 leaves grad_w empty
+        _grad_weight(mod, grad_y, x, grad_w, geometry)
+
+    if grad_b is not None:
+        fn = mod.get_function("conv2d_grad_bias")
+        # one block per output channel k
+        fn((K, 1, 1), (REDUCE_THREADS, 1, 1), (grad_y, grad_b, i32(N), i32(K), i32(OH * OW)))
+    return grad_x, grad_w, grad_b
+
+
+def _grad_weight(mod, grad_y, x, grad_w, geometry):
+    """grad_w (K, C, R, S): GEMM rows K, columns (c, r, s), split-K over the pixels, then a
+    fixed-order sum of the chunks."""
+    xp = get_array_module(x)
+    N, K = grad_y.shape[:2]
+    npix, crs = N * grad_y.shape[2] * grad_y.shape[3], grad_w[0].size
     chunk, chunks = weight_grad_chunks(npix, K, crs)
     if chunks == 1:
         parts = grad_w
@@ -137,9 +153,3 @@ def conv2d_backward(grad_y, x, weight, stride, padding4, dilation, need_bias):
         fn = mod.get_function("conv2d_sum_chunks")
         grid = (ceil_div(count, REDUCE_THREADS), 1, 1)  # one thread per grad_w element
         fn(grid, (REDUCE_THREADS, 1, 1), (parts, grad_w, numpy.int64(count), i32(chunks)))
-
-    if grad_b is not None:
-        fn = mod.get_function("conv2d_grad_bias")
-        # one block per output channel k
-        fn((K, 1, 1), (REDUCE_THREADS, 1, 1), (grad_y, grad_b, i32(N), i32(K), i32(OH * OW)))
-    return grad_x, grad_w, grad_b

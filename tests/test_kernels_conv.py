@@ -190,6 +190,31 @@ def test_empty_batch(kernel_backend):
     assert gb.shape == (case["K"],) and not to_numpy(gb).any()
 
 
+@pytest.mark.parametrize(
+    "x_shape, w_shape, padding4",
+    [
+        ((2, 3, 5, 5), (0, 3, 3, 3), (0, 0, 0, 0)),  # K = 0: grad_y is empty, grad_x is not
+        ((2, 0, 5, 5), (4, 0, 3, 3), (0, 0, 0, 0)),  # C = 0: no reduction, grad_x empty
+        ((2, 3, 0, 4), (2, 3, 1, 1), (1, 1, 1, 1)),  # H = 0: only padding, y = bias
+    ],
+)
+def test_degenerate_sizes_match_reference(kernel_backend, x_shape, w_shape, padding4):
+    """Zero output channels, zero input channels or an empty image (with N > 0): the
+    reference's zeros and bias-only outputs, no empty grid launched, nothing uninitialised."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(x_shape).astype(np.float32).astype(np.float64)
+    w = rng.standard_normal(w_shape).astype(np.float32).astype(np.float64)
+    b = rng.standard_normal(w_shape[:1]).astype(np.float32).astype(np.float64)
+    geometry = ((1, 1), padding4, (1, 1))
+    want_y = reference.conv2d_forward(x, w, b, *geometry)
+    y = kc.conv2d_forward(*_on(kernel_backend, x, w, b), *geometry)
+    assert np.array_equal(to_numpy(y), want_y.astype(np.float32))
+    gy = rng.standard_normal(want_y.shape).astype(np.float32).astype(np.float64)
+    want = reference.conv2d_backward(gy, x, w, *geometry, True)
+    got = kc.conv2d_backward(*_on(kernel_backend, gy, x, w), *geometry, True)
+    _assert_grads(got, want, f"x {x_shape}, weight {w_shape}")
+
+
 # 64-bit offsets. A CPU cannot hold a tensor past 2^31 elements for an emulated launch, so
 # conv2d_index_probe runs the kernels' own operand helpers (the same XGather, GyGather and
 # A-operand code that conv2d_forward/grad_input/grad_weight call) on geometries whose
