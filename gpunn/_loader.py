@@ -76,25 +76,19 @@ def _expand(path: Path, seen: set) -> str:
 
 def module(xp, name: str):
     """The compiled ``kernels/<name>.cu`` for array module ``xp`` (numpy: emulator, cupy:
-    NVRTC), built once per process."""
+    NVRTC), built once per process for each version of the source: an edited kernel file
+    (or header) is compiled again, not served from the first build."""
     if xp is numpy:
-        return _emu_module(name)
-    return _cuda_module(name)
+        from gpunn import emu
+
+        return emu.load_module(kernel_path(name))  # cached there, keyed on the files' mtimes
+    return _cuda_module(kernel_path(name), source(name))
 
 
 @functools.cache
-def _emu_module(name: str):
-    from gpunn import emu
-
-    return emu.load_module(kernel_path(name))
-
-
-@functools.cache
-def _cuda_module(name: str):
+def _cuda_module(path: Path, text: str):
     import cupy
 
-    path = kernel_path(name)
-    text = source(name)
     raw = cupy.RawModule(code=text, options=OPTIONS)
     try:
         raw.compile()

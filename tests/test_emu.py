@@ -339,3 +339,25 @@ def test_module_cache_follows_source_changes(tmp_path):
     assert second is not first
     second.get_function("scale")((1,), (8,), args)
     np.testing.assert_array_equal(y, 2 * x + 101)
+
+
+def test_loader_follows_kernel_source_changes(tmp_path, monkeypatch):
+    """gpunn._loader.module (the path every op takes) recompiles an edited kernel file in the
+    same process instead of keeping the first build."""
+    import gpunn
+    from gpunn import _loader
+    from gpunn import functional as F
+
+    for path in _loader.KERNELS_DIR.iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    monkeypatch.setattr(_loader, "KERNELS_DIR", tmp_path)
+    x, h0 = ints((1, 2, 3), high=2) / 8, ints((2, 4), high=2, seed=1) / 8
+    w_ih, w_hh = ints((4, 3), high=2, seed=2) / 8, ints((4, 4), high=2, seed=3) / 8
+    with gpunn.use_backend("emu"):
+        y, _ = F.rnn_tanh(x, h0, w_ih, w_hh)
+        rnn = tmp_path / "rnn.cu"
+        text = rnn.read_text()
+        assert text.count("h[idx] = safe_tanhf(a);") == 1
+        rnn.write_text(text.replace("h[idx] = safe_tanhf(a);", "h[idx] = safe_tanhf(a) + 100.0f;"))
+        edited, _ = F.rnn_tanh(x, h0, w_ih, w_hh)
+    np.testing.assert_allclose(edited, y + 100.0, rtol=1e-6)
