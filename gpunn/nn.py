@@ -164,7 +164,8 @@ class Module:
         """Copy arrays into the parameters, cast to the module's dtype and device.
 
         Everything is checked before anything is copied: KeyError for a missing or unexpected
-        key, TypeError for a non-array, ValueError for a wrong shape, each naming the key.
+        key, TypeError for a non-array or one that does not hold real numbers (complex,
+        strings, objects), ValueError for a wrong shape, each naming the key.
         """
         params = OrderedDict(self.named_parameters())
         missing = [k for k in params if k not in state_dict]
@@ -174,6 +175,11 @@ class Module:
         for name, p in params.items():
             value = state_dict[name]
             array_module(value, f"state_dict[{name!r}]")
+            if value.dtype.kind not in "biuf":  # bool, signed, unsigned, float
+                raise TypeError(
+                    f"state_dict[{name!r}] has dtype {value.dtype}: expected real numbers "
+                    f"(float, integer or bool) for the parameter {name!r}"
+                )
             if tuple(value.shape) != tuple(p.data.shape):
                 raise ValueError(
                     f"state_dict[{name!r}] has shape {tuple(value.shape)}, but the parameter "

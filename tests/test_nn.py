@@ -257,6 +257,16 @@ def test_load_state_dict_errors_change_nothing():
             {**good, "1.weight": good["1.weight"].T},
         ),
         (TypeError, "state_dict['0.bias'] must be a numpy.ndarray", {**good, "0.bias": [7, 7]}),
+        (
+            TypeError,
+            "state_dict['0.bias'] has dtype complex128: expected real numbers",
+            {**good, "0.bias": good["0.bias"] + 1j},
+        ),
+        (
+            TypeError,
+            "state_dict['1.bias'] has dtype <U1: expected real numbers",
+            {**good, "1.bias": np.array(["7", "7"])},
+        ),
     ]
     for exc, fragment, sd in cases:
         with pytest.raises(exc, match=re.escape(fragment)):
