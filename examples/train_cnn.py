@@ -1,6 +1,6 @@
 """Train a small CNN on scikit-learn's 8x8 handwritten digits with gpunn.
 
-    PYTHONPATH=. python examples/train_cnn.py [--epochs 15] [--device cpu|cuda]
+    PYTHONPATH=. python examples/train_cnn.py [--epochs 15] [--device cpu|emu|cuda]
 
 The model (gpunn.train.build_model("cnn")): Conv2d(1, 16, 3, padding=1) -> ReLU ->
 MaxPool2d(2) -> Conv2d(16, 32, 3, padding=1) -> ReLU -> MaxPool2d(2) -> Flatten ->

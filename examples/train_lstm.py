@@ -1,6 +1,6 @@
 """Train an LSTM on scikit-learn's 8x8 handwritten digits with gpunn.
 
-    PYTHONPATH=. python examples/train_lstm.py [--epochs 20] [--device cpu|cuda]
+    PYTHONPATH=. python examples/train_lstm.py [--epochs 20] [--device cpu|emu|cuda]
 
 Each digit is read top to bottom as a sequence of 8 rows of 8 pixels (T=8, I=8); the model
 (gpunn.train.build_model("lstm")) is LSTM(8, 64) -> the last hidden state -> Linear(64, 10),

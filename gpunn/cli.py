@@ -132,7 +132,13 @@ def check(backend, seed, as_json):
 
 @cli.command("train")
 @click.argument("model", type=click.Choice(train.MODELS))
-@click.option("--device", type=click.Choice(train.DEVICES), default="cpu", show_default=True)
+@click.option(
+    "--device",
+    type=click.Choice(train.DEVICES),
+    default="cpu",
+    show_default=True,
+    help="cpu: NumPy reference; emu: the CUDA C kernels emulated on the CPU (slow); cuda: GPU.",
+)
 @click.option(
     "--epochs",
     type=click.IntRange(min=1),
@@ -174,9 +180,11 @@ def train_cmd(model, device, epochs, batch_size, lr, seed, train_size, as_json):
     _echo_config(
         {
             "model": model,
-            "device": device
-            if device == "cpu"
-            else f"cuda ({device_info().get('name', 'unknown GPU')})",
+            "device": {
+                "cpu": "cpu (NumPy reference)",
+                "emu": "emu (the CUDA C kernels on the CPU emulator)",
+            }.get(device)
+            or f"cuda ({device_info().get('name', 'unknown GPU')})",
             "data": f"sklearn load_digits, {shape}",
             "dtype": "float32",
             "epochs": epochs,

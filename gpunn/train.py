@@ -31,7 +31,9 @@ from gpunn import nn, optim
 from gpunn._backend import cupy_module, gpu_unavailable_reason
 
 MODELS = ("cnn", "lstm")
-DEVICES = ("cpu", "cuda")
+# cpu: the NumPy reference; emu: the CUDA C kernels run on the CPU emulator (slow: the CNN
+# takes about 15 s an epoch on two cores, the LSTM under a second); cuda: the kernels on a GPU.
+DEVICES = ("cpu", "emu", "cuda")
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
 DEFAULT_SEED = 0
@@ -146,10 +148,15 @@ def _identity_progress(batches: Iterable, epoch: int) -> Iterable:
 
 
 def check_device(device: str):
-    """The array module for ``device``; RuntimeError naming the reason when cuda is unusable."""
+    """The array module for ``device``; RuntimeError naming the reason when it is unusable."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if device == "cpu":
+        return np
+    if device == "emu":
+        from gpunn.emu import ensure_available
+
+        ensure_available()
         return np
     reason = gpu_unavailable_reason()
     if reason is not None:
@@ -189,7 +196,8 @@ def fit(
     data = load_digits_split(train_size)
     # The digits models multiply matrices of at most 64 x 256: handing such a product to
     # several BLAS threads costs more than it saves (on a busy 2-core machine, 100x more).
-    with threadpool_limits(limits=1, user_api="blas"):
+    backend = "emu" if device == "emu" else "numpy"
+    with threadpool_limits(limits=1, user_api="blas"), gpunn.use_backend(backend):
         return _fit(name, data, xp, epochs, batch_size, lr, seed, device, on_epoch, progress)
 
 

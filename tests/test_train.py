@@ -83,3 +83,22 @@ def test_examples_are_importable(model, capsys):
     result = module.main(epochs=1)
     assert result["model"] == model and result["epochs"] == 1
     assert "test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.emu
+def test_lstm_trained_through_emulated_kernels_reaches_accuracy_bar():
+    # The whole training step through the CUDA C kernels (fused LSTM cell forward and backward
+    # through time), run on the CPU emulator: the same bar as the NumPy reference.
+    result = train.fit("lstm", device="emu")
+    assert result["device"] == "emu"
+    assert result["test_accuracy"] >= 0.90
+
+
+@pytest.mark.emu
+def test_cnn_step_on_emulated_kernels_tracks_the_reference():
+    # Two epochs on 256 digits: the conv and pool kernels (forward and backward) and the NumPy
+    # reference give the same training trajectory up to float32 rounding.
+    ref = train.fit("cnn", epochs=2, train_size=256)
+    emu = train.fit("cnn", epochs=2, train_size=256, device="emu")
+    for r, e in zip(ref["history"], emu["history"]):
+        assert e["train_loss"] == pytest.approx(r["train_loss"], rel=1e-4)
