@@ -143,7 +143,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
         xp.matmul(h_prev, w_hh_t, out=gh)
         args = (xg[t], gh, bias_ih, bias_hh, c_prev, y[t], cs[t], gates[t], i32(N), i32(HID))
         fn(grid, block, (*args, *flags))
-    return y, y[T - 1].copy(), cs[T - 1].copy(), saved
+    # y is returned as a copy: the caller may overwrite its output, backward reads saved.y
+    return y.copy(), y[T - 1].copy(), cs[T - 1].copy(), saved
 
 
 def lstm_backward(saved, grad_y, grad_hn, grad_cn):
@@ -201,7 +202,7 @@ def rnn_tanh_forward(x, h0, w_ih, w_hh, b_ih, b_hh):
         xp.matmul(h_prev, w_hh_t, out=gh)
         args = (xg[t], gh, bias_ih, bias_hh, y[t], i32(N), i32(HID))
         fn(grid, block, (*args, _flag(True), _flag(has_bias)))
-    return y, y[T - 1].copy(), saved
+    return y.copy(), y[T - 1].copy(), saved  # a copy of y, as in lstm_forward
 
 
 def rnn_tanh_backward(saved, grad_y, grad_hn):

@@ -148,6 +148,23 @@ def test_backward_twice_bit_identical(kernel_backend, kind):
 
 
 @pytest.mark.parametrize("kind", ["lstm", "rnn"])
+def test_outputs_are_not_the_saved_state(kernel_backend, kind):
+    """Overwriting the returned y, h_n (and c_n) in place leaves backward unchanged, as with
+    the reference (whose outputs are copies): they are the caller's arrays, not ``saved``."""
+    p, given = make_problem(kind, 4, 3, 5, 6, (True, True), (True, True, True), seed=14)
+    xp_g = {k: kernel_backend.asarray(v) for k, v in given.items()}
+    outs, first, saved = run(_kernels, kind, p, given, kernel_backend.asarray)
+    for out in outs.values():
+        out[...] = 0
+    if kind == "lstm":
+        second = _kernels.lstm_backward(saved, xp_g["y"], xp_g["h_n"], xp_g["c_n"])
+    else:
+        second = _kernels.rnn_tanh_backward(saved, xp_g["y"], xp_g["h_n"])
+    for name, again in zip(GRAD_NAMES[kind], second):
+        assert np.array_equal(to_numpy(first[name]), to_numpy(again)), name
+
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
 def test_saturated_gates_stay_finite(kernel_backend, torch_oracle, kind):
     """Pre-activations around +-100: outputs exact limits, no NaN or inf anywhere. The
     gradients through saturated activations are ~1e-40 in float64 and 0 in float32, so only
