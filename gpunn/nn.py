@@ -392,8 +392,10 @@ class Flatten(Module):
     def forward(self, x):
         array_module(x, "input")
         ndim = x.ndim
-        start, end = self.start_dim % max(ndim, 1), self.end_dim % max(ndim, 1)
-        if ndim == 0 or start > end:
+        dims = (self.start_dim, self.end_dim)
+        in_range = ndim > 0 and all(-ndim <= d < ndim for d in dims)
+        start, end = (d % max(ndim, 1) for d in dims)
+        if not in_range or start > end:
             raise ValueError(
                 f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim}) does not fit an "
                 f"input of shape {tuple(x.shape)}"

@@ -405,3 +405,24 @@ def test_emu_backend_matches_numpy_backend(make, shape):
     assert_close(gx, gx_ref, f32, what="grad_x")
     for name, g in grads.items():
         assert_close(g, grads_ref[name], f32, what=f"grad of {name}")
+
+
+@pytest.mark.parametrize("start_dim, end_dim", [(4, -1), (1, 7), (-5, -1), (2, 1)])
+def test_flatten_dims_outside_the_input_raise(start_dim, end_dim):
+    """As torch.nn.Flatten: a dimension outside [-ndim, ndim) is an error, not taken modulo
+    ndim (Flatten(4) on a 4-D input flattened everything; Flatten(1, 7) acted as (1, 3))."""
+    flatten = nn.Flatten(start_dim, end_dim)
+    fragment = f"Flatten(start_dim={start_dim}, end_dim={end_dim}) does not fit an input"
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        flatten(np.zeros((2, 3, 4, 5), f32))
+
+
+def test_flatten_matches_torch_for_every_valid_pair(torch_oracle):
+    x = np.arange(120, dtype=f32).reshape(2, 3, 4, 5)
+    for start in range(-4, 4):
+        for end in range(-4, 4):
+            if start % 4 > end % 4:
+                continue
+            want = torch_oracle.nn.Flatten(start, end)(torch_oracle.tensor(x)).numpy()
+            got = nn.Flatten(start, end)(x)
+            assert got.shape == want.shape and np.array_equal(got, want), (start, end)
