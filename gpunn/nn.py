@@ -401,7 +401,9 @@ class Flatten(Module):
                 f"input of shape {tuple(x.shape)}"
             )
         self._x_shape = tuple(x.shape)
-        return x.reshape(*x.shape[:start], -1, *x.shape[end + 1 :])
+        # the flattened size spelled out: NumPy cannot infer -1 when another dimension is 0
+        flat = math.prod(x.shape[start : end + 1])
+        return x.reshape(*x.shape[:start], flat, *x.shape[end + 1 :])
 
     def backward(self, grad_output):
         shape = self._saved("_x_shape")

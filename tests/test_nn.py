@@ -426,3 +426,17 @@ def test_flatten_matches_torch_for_every_valid_pair(torch_oracle):
             want = torch_oracle.nn.Flatten(start, end)(torch_oracle.tensor(x)).numpy()
             got = nn.Flatten(start, end)(x)
             assert got.shape == want.shape and np.array_equal(got, want), (start, end)
+
+
+def test_cnn_on_an_empty_batch():
+    """N = 0 through Conv2d, MaxPool2d, Flatten and Linear: empty results of the right shape
+    (Flatten must not ask NumPy to infer a -1 dimension from an empty array)."""
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 2)
+    )
+    y = model(np.zeros((0, 2, 4, 4), f32))
+    assert y.shape == (0, 2)
+    assert model.backward(np.zeros((0, 2), f32)).shape == (0, 2, 4, 4)
+    for p in model.parameters():
+        assert p.grad.shape == p.data.shape and not p.grad.any()
+    assert nn.Flatten(0, 1)(np.zeros((3, 0, 2), f32)).shape == (0, 2)
