@@ -14,6 +14,8 @@ compiles ``source(name)`` with the same ``OPTIONS`` for sm_80 and sm_90.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
 import re
@@ -74,6 +76,42 @@ def _expand(path: Path, seen: set) -> str:
     return "\n".join(out) + "\n"
 
 
+# While record_launches() is active, the names of the kernels launched in this context.
+_launch_log: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "gpunn_launch_log", default=None
+)
+
+
+@contextlib.contextmanager
+def record_launches():
+    """Collect, in a list, the name of every kernel launched inside the ``with`` block
+    (``gpunn check`` uses it to attribute each comparison to the kernels that produced it)."""
+    log: list[str] = []
+    token = _launch_log.set(log)
+    try:
+        yield log
+    finally:
+        _launch_log.reset(token)
+
+
+class _RecordingModule:
+    """A module whose functions append their kernel's name to ``log`` when launched."""
+
+    def __init__(self, mod, log: list):
+        self._mod = mod
+        self._log = log
+
+    def get_function(self, kernel: str):
+        fn = self._mod.get_function(kernel)
+        log = self._log
+
+        def launch(grid, block, args, shared_mem: int = 0):
+            log.append(kernel)
+            return fn(grid, block, args, shared_mem)
+
+        return launch
+
+
 def module(xp, name: str):
     """The compiled ``kernels/<name>.cu`` for array module ``xp`` (numpy: emulator, cupy:
     NVRTC), built once per process for each version of the source: an edited kernel file
@@ -81,8 +119,11 @@ def module(xp, name: str):
     if xp is numpy:
         from gpunn import emu
 
-        return emu.load_module(kernel_path(name))  # cached there, keyed on the files' mtimes
-    return _cuda_module(kernel_path(name), source(name))
+        mod = emu.load_module(kernel_path(name))  # cached there, keyed on the files' mtimes
+    else:
+        mod = _cuda_module(kernel_path(name), source(name))
+    log = _launch_log.get()
+    return mod if log is None else _RecordingModule(mod, log)
 
 
 @functools.cache

@@ -36,6 +36,7 @@ from functools import partial
 import numpy as np
 
 import gpunn
+from gpunn import _loader, _signature
 from gpunn._backend import cupy_module, device_info, gpu_unavailable_reason
 from gpunn._shapes import conv_out_size, pool_out_size
 
@@ -576,7 +577,11 @@ def _prepare_conv(shape: ConvShape, backend, peer, rng, backward: bool) -> Prepa
     return Prepared(names, run, None if peer is None else run_peer, tuple(ref))
 
 
-def _prepare_pool(shape: PoolShape, backend, peer, rng, backward: bool) -> Prepared:
+def _prepare_pool(
+    shape: PoolShape, backend, peer, rng, backward: bool, geometry: bool = True
+) -> Prepared:
+    """Max pooling forward, or backward: with ``geometry`` (what the modules pass) the
+    gather kernel runs; without it, the public 3-argument call and its per-plane fallback."""
     from gpunn import functional as F
     from gpunn import reference
 
@@ -600,14 +605,19 @@ def _prepare_pool(shape: PoolShape, backend, peer, rng, backward: bool) -> Prepa
 
         return Prepared(("y", "indices"), run, None if peer is None else run_peer, (y64, idx))
     gy = _normal(rng, y64.shape)
-    geometry = (kernel, stride, padding, dil)
-    ref = (reference.max_pool2d_backward(gy.astype(np.float64), idx, x.shape, geometry),)
+    ref = (
+        reference.max_pool2d_backward(
+            gy.astype(np.float64), idx, x.shape, (kernel, stride, padding, dil)
+        ),
+    )
     gy_, idx_ = backend.asarray(gy), backend.asarray(idx)
     if peer is not None:
         tgy, tidx = peer.tensor(gy_), peer.tensor(idx_)
 
+    keywords = {"kernel_size": kernel, "stride": stride, "padding": padding} if geometry else {}
+
     def run():
-        return (F.max_pool2d_backward(gy_, idx_, x.shape),)
+        return (F.max_pool2d_backward(gy_, idx_, x.shape, **keywords),)
 
     def run_peer():
         return (
@@ -862,7 +872,7 @@ def output_errors(names, outs, refs) -> dict:
 CHECK_RTOL = 1e-5
 EXACT_OPS = frozenset({"max_pool2d"})
 
-# (label, bench op, shape): odd and non-square sizes, batch 1, stride 2, padding at its limit,
+# (label, bench op, shape[, prepare options]): odd and non-square sizes, batch 1, stride 2, padding at its limit,
 # overlapping pooling windows, a one-step sequence (one fused cell backward).
 CHECK_CASES = (
     ("conv2d", "conv2d", ConvShape(2, 3, 7, 9, 4, 3, 3, 1, 1)),
@@ -871,12 +881,26 @@ CHECK_CASES = (
     ("conv2d_backward", "conv2d_backward", ConvShape(2, 3, 7, 9, 4, 3, 3, 1, 1)),
     ("conv2d_backward", "conv2d_backward", ConvShape(1, 2, 6, 5, 3, 3, 3, 2, 1)),
     ("conv2d_backward", "conv2d_backward", ConvShape(3, 1, 5, 5, 2, 5, 5, 1, 2)),
+    # 2*17*17 = 578 output pixels: the weight gradient is split over chunks (split-K).
+    ("conv2d_backward", "conv2d_backward", ConvShape(2, 3, 17, 17, 5, 3, 3, 1, 1)),
     ("max_pool2d", "max_pool2d", PoolShape(2, 3, 7, 9, 2, 2, 2, 0)),
     ("max_pool2d", "max_pool2d", PoolShape(1, 2, 8, 8, 3, 3, 2, 1)),
     ("max_pool2d", "max_pool2d", PoolShape(2, 1, 5, 6, 3, 3, 1, 1)),
     ("max_pool2d_backward", "max_pool2d_backward", PoolShape(2, 3, 7, 9, 2, 2, 2, 0)),
     ("max_pool2d_backward", "max_pool2d_backward", PoolShape(1, 2, 8, 8, 3, 3, 2, 1)),
     ("max_pool2d_backward", "max_pool2d_backward", PoolShape(2, 1, 5, 6, 3, 3, 1, 1)),
+    (
+        "max_pool2d_backward (planes)",
+        "max_pool2d_backward",
+        PoolShape(2, 1, 5, 6, 3, 3, 1, 1),
+        {"geometry": False},
+    ),
+    (
+        "max_pool2d_backward (planes)",
+        "max_pool2d_backward",
+        PoolShape(1, 2, 8, 8, 3, 3, 2, 1),
+        {"geometry": False},
+    ),
     ("lstm_cell", "lstm_cell", CellShape(3, 5)),
     ("lstm_cell", "lstm_cell", CellShape(1, 7)),
     ("lstm_cell_backward (T=1)", "lstm_train", SeqShape(1, 3, 4, 5)),
@@ -895,10 +919,12 @@ def check_rows(backend_name: str, seed: int = 0, cases=CHECK_CASES):
     """One row per (case, output): max abs error, relative error and PASS/FAIL."""
     backend = Backend(backend_name)
     rows = []
-    for label, op, shape in cases:
-        with backend.context():
-            prep = OPS[op].prepare(shape, backend, None, np.random.default_rng(seed))
+    for label, op, shape, *extra in cases:
+        options = extra[0] if extra else {}  # keyword options of the op's prepare
+        with backend.context(), _loader.record_launches() as launched:
+            prep = OPS[op].prepare(shape, backend, None, np.random.default_rng(seed), **options)
             outs = [backend.to_numpy(o) for o in prep.run()]
+        kernels = sorted(set(launched))
         for name, (abs_err, rel) in output_errors(prep.names, outs, prep.reference).items():
             exact = op in EXACT_OPS
             ok = abs_err == 0.0 if exact else rel <= CHECK_RTOL
@@ -911,9 +937,47 @@ def check_rows(backend_name: str, seed: int = 0, cases=CHECK_CASES):
                     "rel_err": rel,
                     "tolerance": "exact" if exact else f"rel {CHECK_RTOL:.0e}",
                     "passed": bool(ok),
+                    "kernels": kernels,
                 }
             )
     return rows
+
+
+def check_kernel_summary(rows) -> list[dict]:
+    """Per kernel of ``kernels/*.cu``: the largest errors over every checked output it helped
+    compute, or ``checked: False`` when no check case launched it."""
+    summary = []
+    for file in _loader.kernel_names():
+        for kernel in _signature.parse_kernels(_loader.source(file)):
+            mine = [r for r in rows if kernel in r.get("kernels", ())]
+            summary.append(
+                {
+                    "kernel": kernel,
+                    "file": f"{file}.cu",
+                    "checked": bool(mine),
+                    "outputs": len(mine),
+                    "max_abs_err": max((r["max_abs_err"] for r in mine), default=None),
+                    "max_rel_err": max((r["rel_err"] for r in mine), default=None),
+                    "passed": all(r["passed"] for r in mine),
+                }
+            )
+    return summary
+
+
+def format_kernel_summary(summary) -> str:
+    cells = [
+        [
+            s["kernel"],
+            s["file"],
+            str(s["outputs"]),
+            f"{s['max_abs_err']:.2e}" if s["checked"] else "-",
+            f"{s['max_rel_err']:.2e}" if s["checked"] else "-",
+            ("PASS" if s["passed"] else "FAIL") if s["checked"] else "not launched by check",
+        ]
+        for s in summary
+    ]
+    titles = ["kernel", "file", "outputs", "max abs err", "max rel err", "result"]
+    return align(titles, cells, right=(2, 3, 4))
 
 
 def format_check_table(rows) -> str:

@@ -121,10 +121,20 @@ def check(backend, seed, as_json):
     )
     rows = bench.check_rows(backend, seed)
     failed = [r for r in rows if not r["passed"]]
+    kernels = bench.check_kernel_summary(rows) if backend != "numpy" else []
     if as_json:
-        click.echo(json.dumps({"backend": backend, "rows": rows, "failed": len(failed)}))
+        click.echo(
+            json.dumps(
+                {"backend": backend, "rows": rows, "kernels": kernels, "failed": len(failed)}
+            )
+        )
     else:
         click.echo(bench.format_check_table(rows))
+        if kernels:
+            click.echo(
+                "\nper kernel: the largest error over the outputs of the cases that launched it"
+            )
+            click.echo(bench.format_kernel_summary(kernels))
         click.echo(f"{len(rows) - len(failed)} passed, {len(failed)} failed")
     if failed:
         sys.exit(1)

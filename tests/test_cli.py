@@ -52,6 +52,13 @@ def test_check(backend):
     assert f"backend: {backend}" in result.stdout
     data = last_json(result)
     assert data["failed"] == 0 and len(data["rows"]) > 20
+    if backend == "emu":
+        # Every kernel of kernels/*.cu ran against the reference, except the index probe that
+        # only tests/test_kernels_conv.py launches.
+        unchecked = {k["kernel"] for k in data["kernels"] if not k["checked"]}
+        assert unchecked == {"conv2d_index_probe"}
+        assert all(k["passed"] for k in data["kernels"])
+        assert len(data["kernels"]) >= 13
 
 
 def test_check_fails_on_error(monkeypatch):
