@@ -46,10 +46,15 @@ class Optimizer:
                     f"params[{i}].grad is a {xp.__name__}.ndarray but its data is a "
                     f"{get_array_module(p.data).__name__}.ndarray"
                 )
-            if p.grad.shape != p.data.shape or p.grad.dtype != p.data.dtype:
+            if p.grad.shape != p.data.shape:
                 raise ValueError(
-                    f"params[{i}].grad has shape {p.grad.shape} and dtype {p.grad.dtype}, but "
-                    f"its data has shape {p.data.shape} and dtype {p.data.dtype}"
+                    f"params[{i}].grad has shape {p.grad.shape}, but its data has shape "
+                    f"{p.data.shape}"
+                )
+            if p.grad.dtype != p.data.dtype:
+                raise TypeError(
+                    f"params[{i}].grad has dtype {p.grad.dtype}, but its data has dtype "
+                    f"{p.data.dtype}"
                 )
 
     def step(self) -> None:

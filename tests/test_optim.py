@@ -78,8 +78,10 @@ def test_step_error_changes_nothing():
     p.grad, q.grad = np.ones(3), np.ones(3)  # q's gradient has the wrong shape
     with pytest.raises(ValueError, match=re.escape("params[1].grad has shape (3,)")):
         opt.step()
-    q.grad = np.ones(2, dtype=f32)
-    with pytest.raises(ValueError, match="dtype float32, but its data has shape"):
+    q.grad = np.ones(2, dtype=f32)  # a dtype mismatch is a TypeError (API.md, Errors)
+    with pytest.raises(
+        TypeError, match=re.escape("params[1].grad has dtype float32, but its data")
+    ):
         opt.step()
     q.grad = [1.0, 1.0]
     with pytest.raises(TypeError, match=re.escape("params[1].grad must be a numpy.ndarray")):
