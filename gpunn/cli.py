@@ -222,6 +222,8 @@ def train_cmd(model, device, epochs, batch_size, lr, seed, train_size, as_json):
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    except RuntimeError as exc:  # scikit-learn missing, the emulator or GPU unusable
+        raise click.ClickException(str(exc)) from None
     click.echo(train.format_result(result))
     if as_json:
         summary = {k: v for k, v in result.items() if k != "history"}

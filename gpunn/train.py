@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 import gpunn
 from gpunn import nn, optim
@@ -58,7 +57,12 @@ class DigitsSplit:
 def load_digits_split(train_size: int | None = None) -> DigitsSplit:
     """The fixed train/test split; ``train_size`` keeps only the first that many training
     examples (for quick runs), the test set is always the same."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise RuntimeError(
+            "training needs scikit-learn for its digits data: pip install 'gpunn[data]'"
+        ) from None
 
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)  # float64 0..16 -> float32 0..1
@@ -196,6 +200,8 @@ def fit(
     data = load_digits_split(train_size)
     # The digits models multiply matrices of at most 64 x 256: handing such a product to
     # several BLAS threads costs more than it saves (on a busy 2-core machine, 100x more).
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
     backend = "emu" if device == "emu" else "numpy"
     with threadpool_limits(limits=1, user_api="blas"), gpunn.use_backend(backend):
         return _fit(name, data, xp, epochs, batch_size, lr, seed, device, on_epoch, progress)
