@@ -10,6 +10,7 @@ the arrays are, with the backend rules of ``gpunn.functional``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections import OrderedDict
 
 import numpy
@@ -459,9 +460,24 @@ class CrossEntropyLoss(Module):
         return loss
 
     def backward(self, grad_output=None):
-        """Gradient of the logits; ``grad_output`` scales it (default 1, the loss itself)."""
+        """Gradient of the logits; ``grad_output`` scales it (default 1, the loss itself).
+
+        ``grad_output`` is a number, or a 0-d array of the logits' module and dtype (as the
+        loss); the gradient keeps the logits' dtype.
+        """
         grad = F.cross_entropy_backward(self._saved("_ctx"))
-        return grad if grad_output is None else grad * grad_output
+        if grad_output is None:
+            return grad
+        if isinstance(grad_output, numbers.Real) and not isinstance(grad_output, bool):
+            return grad * grad.dtype.type(grad_output)
+        array_module(grad_output, "grad_output")
+        if grad_output.dtype != grad.dtype:
+            raise TypeError(
+                f"grad_output has dtype {grad_output.dtype} but the loss is {grad.dtype}: "
+                "pass a number or a 0-d array of the loss's dtype"
+            )
+        check_shape(grad_output, "grad_output", ())
+        return grad * grad_output
 
 
 class _Recurrent(Module):

@@ -440,3 +440,20 @@ def test_cnn_on_an_empty_batch():
     for p in model.parameters():
         assert p.grad.shape == p.data.shape and not p.grad.any()
     assert nn.Flatten(0, 1)(np.zeros((3, 0, 2), f32)).shape == (0, 2)
+
+
+def test_cross_entropy_backward_scale_keeps_the_logits_dtype():
+    """backward(grad_output) scales the gradient by the loss's gradient: a number keeps the
+    logits' dtype; a 0-d array must have it (as PyTorch), not silently promote to float64."""
+    loss_fn = nn.CrossEntropyLoss()
+    logits = _rng(4).standard_normal((3, 5)).astype(f32)
+    loss_fn(logits, np.array([0, 4, 2]))
+    unit = loss_fn.backward()
+    for scale in (2.0, 2, np.float64(2.0), np.array(2.0, dtype=f32)):
+        grad = loss_fn.backward(scale)
+        assert grad.dtype == f32, scale
+        np.testing.assert_array_equal(grad, unit * f32(2))
+    with pytest.raises(TypeError, match="grad_output has dtype float64 but the loss is float32"):
+        loss_fn.backward(np.array(2.0))
+    with pytest.raises(ValueError, match=re.escape("grad_output must have shape (), got (3,)")):
+        loss_fn.backward(np.ones(3, f32))
