@@ -387,7 +387,10 @@ class Flatten(Module):
 
     def __init__(self, start_dim=1, end_dim=-1, *, dtype=numpy.float32):
         super().__init__(dtype)
-        self.start_dim, self.end_dim = start_dim, end_dim
+        for name, dim in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+                raise TypeError(f"{name} must be an int, got {dim!r}")
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
         self._x_shape = None
 
     def forward(self, x):

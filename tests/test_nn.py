@@ -341,6 +341,8 @@ def test_backward_before_forward_raises():
         (lambda: nn.RNN(2, 3, nonlinearity="relu"), NotImplementedError, "not supported yet"),
         (lambda: nn.RNN(2, 3, nonlinearity="sigmoid"), ValueError, "'tanh' or 'relu'"),
         (lambda: nn.Linear(2, 3, dtype=np.int32), TypeError, "numpy.float32 or numpy.float64"),
+        (lambda: nn.Flatten(1.5), TypeError, "start_dim must be an int, got 1.5"),
+        (lambda: nn.Flatten(1, None), TypeError, "end_dim must be an int, got None"),
     ],
 )
 def test_constructor_errors(make, exc, fragment):
