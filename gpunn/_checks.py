@@ -43,15 +43,16 @@ def check_shape(x, name: str, shape: tuple) -> None:
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
 
 
-def float_arrays(**named):
-    """Check that the non-None arrays in ``named`` share one module and one float dtype.
+def float_arrays(optional=(), **named):
+    """Check that the arrays in ``named`` share one module and one float dtype.
 
-    Returns ``(xp, dtype)``. TypeError for a non-array, NumPy and CuPy mixed, a dtype other
-    than float32/float64, or two dtypes (naming both arguments).
+    Only the names listed in ``optional`` (the biases) may be None; they are then skipped.
+    Returns ``(xp, dtype)``. TypeError for a non-array (None included), NumPy and CuPy mixed,
+    a dtype other than float32/float64, or two dtypes (naming both arguments).
     """
     first = None  # (name, array, xp)
     for name, x in named.items():
-        if x is None:
+        if x is None and name in optional:
             continue
         xp = array_module(x, name)
         if x.dtype not in FLOAT_DTYPES:

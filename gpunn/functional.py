@@ -86,7 +86,7 @@ def _conv_geometry(x, weight, stride, padding, dilation, groups):
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``: y (N, K, OH, OW)."""
-    xp, dtype = float_arrays(x=x, weight=weight, bias=bias)
+    xp, dtype = float_arrays(x=x, weight=weight, bias=bias, optional=("bias",))
     stride, padding4, dilation, y_shape = _conv_geometry(
         x, weight, stride, padding, dilation, groups
     )
@@ -270,7 +270,13 @@ def _recurrent_forward(kind, x, states, weight_ih, weight_hh, bias_ih, bias_hh):
     """Validate and run one recurrent layer; returns (y, final states, context)."""
     G = _GATES[kind]
     xp, dtype = float_arrays(
-        x=x, **states, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh
+        x=x,
+        **states,
+        weight_ih=weight_ih,
+        weight_hh=weight_hh,
+        bias_ih=bias_ih,
+        bias_hh=bias_hh,
+        optional=("bias_ih", "bias_hh"),
     )
     check_rank(x, "x", "T, N, I")
     check_rank(weight_hh, "weight_hh", f"{G}*HID, HID")
@@ -425,7 +431,7 @@ def linear(x, weight, bias=None):
     """``y = x W^T + b`` for x (*, in_features), weight (out_features, in_features)."""
     from gpunn import reference
 
-    xp, _ = float_arrays(x=x, weight=weight, bias=bias)
+    xp, _ = float_arrays(x=x, weight=weight, bias=bias, optional=("bias",))
     _linear_args(x, weight, bias)
     return reference.linear_forward(*_contiguous(xp, x, weight, bias))
 

@@ -50,6 +50,46 @@ CASES = {
         lambda: F.conv2d(X.tolist(), W),
     ),
     "weight is a scalar": (TypeError, "weight must be a numpy.ndarray", lambda: F.conv2d(X, 1.0)),
+    # None is accepted only for the optional biases; a required array given as None must not
+    # fail later as an AttributeError on None.ndim
+    "x is None": (
+        TypeError,
+        "x must be a numpy.ndarray or cupy.ndarray, got NoneType",
+        lambda: F.conv2d(None, W),
+    ),
+    "conv grad_y is None": (
+        TypeError,
+        "grad_y must be a numpy.ndarray",
+        lambda: F.conv2d_backward(None, X, W),
+    ),
+    "pool x is None": (TypeError, "x must be a numpy.ndarray", lambda: F.max_pool2d(None, 2)),
+    "pool grad_y is None": (
+        TypeError,
+        "grad_y must be a numpy.ndarray",
+        lambda: F.max_pool2d_backward(None, PI, X.shape),
+    ),
+    "lstm h0 is None": (TypeError, "h0 must be a numpy.ndarray", lambda: _lstm(h0=None)),
+    "lstm_cell gates is None": (
+        TypeError,
+        "gates must be a numpy.ndarray",
+        lambda: F.lstm_cell(None, H0),
+    ),
+    "linear weight is None": (
+        TypeError,
+        "weight must be a numpy.ndarray",
+        lambda: F.linear(LOGITS, None),
+    ),
+    "relu x is None": (TypeError, "x must be a numpy.ndarray", lambda: F.relu(None)),
+    "tanh_backward y is None": (
+        TypeError,
+        "y must be a numpy.ndarray",
+        lambda: F.tanh_backward(LOGITS, None),
+    ),
+    "cross_entropy logits is None": (
+        TypeError,
+        "logits must be a numpy.ndarray",
+        lambda: F.cross_entropy(None, TARGET),
+    ),
     "x integer": (
         TypeError,
         "x must have dtype float32 or float64, got int32",
