@@ -30,28 +30,40 @@ from gpunn._shapes import ceil_div, conv_out_size, pool_out_size
 #
 # y[n, k, oh, ow] = b[k] + sum_{c, r, s} w[k, c, r, s] * xpad[n, c, oh*sh + r*dh, ow*sw + s*dw]
 #
-# Strategy: GEMMs over strided views, with as few large temporaries as possible (on these
-# machines fresh memory, not arithmetic, dominates a naive im2col).
+# Strategy: im2col GEMMs over blocks of output positions, the input read through plain slices,
+# so that the large temporaries are the size of x and y, never R*S times that (on these
+# machines fresh memory, not arithmetic, dominates a whole-batch im2col).
 # 1. Stride phases. The padded input is split by stride into sh*sw phase planes, phase (a, b)
 #    holding xpad[a::sh, b::sw] (Hq x Wq each). Padded row oh*sh + r*dh is then phase row
 #    oh + (r*dh)//sh of row phase a = (r*dh) % sh, and likewise for columns, so every filter
 #    tap reads one phase plane at stride 1.
 # 2. Channel-major, batch flattened. Phase planes are stored as X (C, sh*sw, (N+1)*Hq*Wq): for
-#    output position m = (n*Hq + oh)*Wq + ow, tap (r, s) reads X[c, phase, m + offset(r, s)]
-#    with offset = ((r*dh)//sh)*Wq + (s*dw)//sw. A tap's input is therefore one 2-D slice
-#    (C, M), M = N*Hq*Wq, that BLAS reads in place. Positions with oh >= OH or ow >= OW are
-#    scratch: computed and cropped in forward, given zero gradient in backward. The extra
-#    zero image at the end keeps the scratch reads in bounds.
-# 3. One GEMM per filter row. E (sh, C, S, Mext) holds S column-shifted copies of the planes:
-#    E[a, c, s, m] = X[c, (a, (s*dw) % sw), m + (s*dw)//sw]. For filter row r the (c, s) rows
-#    of the im2col matrix are then E[a].reshape(C*S, Mext)[:, row_offset : row_offset + M],
-#    a strided view, and y = sum_r W[:, :, r, :] (K, C*S) @ that view.
+#    output position m = (n*Hq + oh)*Wq + ow, tap t = (r, s) reads X[c, phase_t, m + offset_t]
+#    with offset_t = ((r*dh)//sh)*Wq + (s*dw)//sw. A tap's input over a run of positions is
+#    therefore one 2-D slice (C, run). Positions with oh >= OH or ow >= OW are scratch:
+#    computed and cropped in forward, given zero gradient in backward. The extra zero image at
+#    the end keeps the scratch reads in bounds (offset_t < Hq*Wq).
+# 3. Blocks of positions. For the positions [m0, m1) the im2col block is
+#        cols[c, t, j] = X[c, phase_t, m0 + j + offset_t]      (C, R*S, m1 - m0)
+#    (R*S slice copies) and, with Wmat = weight as (K, C*R*S), columns ordered (c, r, s):
+#        forward    y[:, m0:m1] = Wmat @ cols
+#        backward   grad_w^T += cols @ gy[:, m0:m1]^T
+#                   grad_cols = Wmat^T @ gy[:, m0:m1], and each tap's rows are added back to
+#                   the positions of X they were copied from (a scatter-add: the taps of
+#                   neighbouring outputs overlap in the input).
+#    The loop runs over blocks of positions that span images, not over images or pixels.
 # --------------------------------------------------------------------------------------------
+
+# Bytes of one im2col block. Small enough to stay in the last-level cache between its copy and
+# its GEMM; large enough that a ResNet-size layer makes a dozen or so BLAS calls, not hundreds:
+# measured on 2 cores, each threaded BLAS call costs a thread hand-off, and under load from
+# other processes 1 MB blocks ran several times slower than 16 MB ones.
+COLS_BLOCK_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
 class _ConvGeometry:
-    """Output size and where each filter row and column reads in the stride-phase planes."""
+    """Output size and where each filter tap reads in the stride-phase planes."""
 
     N: int
     C: int
@@ -66,18 +78,12 @@ class _ConvGeometry:
     Wq: int  # columns of one phase plane
     stride: tuple
     padding4: tuple
-    row_taps: tuple  # per filter row r: (row phase a, flat offset ((r*dh)//sh) * Wq)
-    col_taps: tuple  # per filter column s: (column phase b, column offset (s*dw)//sw)
+    taps: tuple  # per tap t = r*S + s: (phase index a*sw + b, flat offset in the phase plane)
 
     @property
     def M(self) -> int:
         """Output positions on the scratch-widened grid: N * Hq * Wq."""
         return self.N * self.Hq * self.Wq
-
-    @property
-    def Mext(self) -> int:
-        """Length of a row of E: M plus the largest filter-row offset."""
-        return self.M + max(offset for _, offset in self.row_taps)
 
 
 def _conv_geometry(x_shape, w_shape, stride, padding4, dilation) -> _ConvGeometry:
@@ -90,9 +96,12 @@ def _conv_geometry(x_shape, w_shape, stride, padding4, dilation) -> _ConvGeometr
     OW = conv_out_size(W, S, sw, left + right, dw)
     Hq = ceil_div(H + top + bottom, sh)
     Wq = ceil_div(W + left + right, sw)
-    row_taps = tuple(((r * dh) % sh, ((r * dh) // sh) * Wq) for r in range(R))
-    col_taps = tuple(((s * dw) % sw, (s * dw) // sw) for s in range(S))
-    return _ConvGeometry(N, C, H, W, K, R, S, OH, OW, Hq, Wq, stride, padding4, row_taps, col_taps)
+    taps = tuple(
+        (((r * dh) % sh) * sw + (s * dw) % sw, ((r * dh) // sh) * Wq + (s * dw) // sw)
+        for r in range(R)
+        for s in range(S)
+    )
+    return _ConvGeometry(N, C, H, W, K, R, S, OH, OW, Hq, Wq, stride, padding4, taps)
 
 
 def _phase_planes(x, g: _ConvGeometry):
@@ -115,25 +124,18 @@ def _unphase_planes(X, g: _ConvGeometry):
     return np.ascontiguousarray(xpad[: g.N, :, top : top + g.H, left : left + g.W])
 
 
-def _shifted_copies(X, g: _ConvGeometry):
-    """E (sh, C, S, Mext): E[a, c, s, m] = X[c, (a, b_s), m + col_offset_s] (see above)."""
-    sh, sw = g.stride
-    E = np.empty((sh, g.C, g.S, g.Mext), dtype=X.dtype)
-    for a in range(sh):
-        for s, (b, col) in enumerate(g.col_taps):
-            E[a, :, s, :] = X[:, a * sw + b, col : col + g.Mext]
-    return E
+def _position_blocks(g: _ConvGeometry, itemsize: int):
+    """(m0, m1) ranges covering [0, M), each with an im2col block of about COLS_BLOCK_BYTES."""
+    block = max(1, COLS_BLOCK_BYTES // (g.C * g.R * g.S * itemsize))
+    return [(m0, min(m0 + block, g.M)) for m0 in range(0, g.M, block)]
 
 
-def _filter_row_view(E, g: _ConvGeometry, r: int):
-    """The im2col rows (c, s) of filter row r: a (C*S, M) view of E, no copy."""
-    a, offset = g.row_taps[r]
-    return E[a].reshape(g.C * g.S, g.Mext)[:, offset : offset + g.M]
-
-
-def _filter_row(weight, g: _ConvGeometry, r: int):
-    """W[:, :, r, :] as a (K, C*S) matrix, columns ordered (c, s)."""
-    return np.ascontiguousarray(weight[:, :, r, :]).reshape(g.K, g.C * g.S)
+def _im2col_block(X, g: _ConvGeometry, m0: int, m1: int):
+    """cols (C, R*S, m1 - m0): cols[c, t, j] = X[c, phase_t, m0 + j + offset_t]."""
+    cols = np.empty((g.C, g.R * g.S, m1 - m0), dtype=X.dtype)
+    for t, (phase, offset) in enumerate(g.taps):
+        cols[:, t, :] = X[:, phase, m0 + offset : m1 + offset]
+    return cols
 
 
 def conv2d_forward(x, weight, bias, stride, padding4, dilation):
@@ -143,18 +145,18 @@ def conv2d_forward(x, weight, bias, stride, padding4, dilation):
     padding4 (top, bottom, left, right) zeros. Returns y (N, K, OH, OW).
     """
     g = _conv_geometry(x.shape, weight.shape, stride, padding4, dilation)
-    E = _shifted_copies(_phase_planes(x, g), g)
-    # y = sum_r W_r (K, C*S) @ cols_r (C*S, M): the first row writes y, the others add.
-    y = np.matmul(_filter_row(weight, g, 0), _filter_row_view(E, g, 0))  # (K, M)
-    partial = np.empty_like(y)
-    for r in range(1, g.R):
-        np.matmul(_filter_row(weight, g, r), _filter_row_view(E, g, r), out=partial)
-        y += partial
+    X = _phase_planes(x, g)
+    w_mat = weight.reshape(g.K, g.C * g.R * g.S)
+    y_wide = np.empty((g.K, g.M), dtype=x.dtype)
+    for m0, m1 in _position_blocks(g, x.itemsize):
+        cols = _im2col_block(X, g, m0, m1).reshape(g.C * g.R * g.S, m1 - m0)
+        np.matmul(w_mat, cols, out=y_wide[:, m0:m1])
     # (K, N, Hq, Wq) -> crop the scratch positions -> (N, K, OH, OW)
-    y = y.reshape(g.K, g.N, g.Hq, g.Wq)[:, :, : g.OH, : g.OW].transpose(1, 0, 2, 3)
+    y = np.empty((g.N, g.K, g.OH, g.OW), dtype=x.dtype)
+    y[...] = y_wide.reshape(g.K, g.N, g.Hq, g.Wq)[:, :, : g.OH, : g.OW].transpose(1, 0, 2, 3)
     if bias is not None:
-        y = y + bias.reshape(1, g.K, 1, 1)
-    return np.ascontiguousarray(y)
+        y += bias.reshape(1, g.K, 1, 1)
+    return y
 
 
 def conv2d_backward(grad_y, x, weight, stride, padding4, dilation, need_bias):
@@ -164,34 +166,29 @@ def conv2d_backward(grad_y, x, weight, stride, padding4, dilation, need_bias):
     grad_w (K, C, R, S), grad_b (K,) or None when ``need_bias`` is False).
     """
     g = _conv_geometry(x.shape, weight.shape, stride, padding4, dilation)
-    sh, sw = stride
+    CRS = g.C * g.R * g.S
     # grad_y on the scratch-widened grid (K, M); scratch positions get zero gradient.
     gy = np.zeros((g.K, g.N, g.Hq, g.Wq), dtype=grad_y.dtype)
     gy[:, :, : g.OH, : g.OW] = grad_y.transpose(1, 0, 2, 3)
     gy = gy.reshape(g.K, g.M)
 
-    # grad_w[:, :, r, :] = gy (K, M) @ cols_r^T (M, C*S)
-    E = _shifted_copies(_phase_planes(x, g), g)
-    grad_w = np.empty(weight.shape, dtype=weight.dtype)
-    for r in range(g.R):
-        grad_w[:, :, r, :] = (gy @ _filter_row_view(E, g, r).T).reshape(g.K, g.C, g.S)
-    del E
-
-    # grad_cols_r = W_r^T gy, then col2im in reverse of the forward copies. Scatter-adds, not
-    # gathers: the taps of neighbouring outputs overlap in the input.
-    grad_E = np.zeros((sh, g.C, g.S, g.Mext), dtype=x.dtype)
-    grad_cols = np.empty((g.C * g.S, g.M), dtype=x.dtype)  # one buffer reused for every r
-    for r in range(g.R):
-        np.matmul(_filter_row(weight, g, r).T, gy, out=grad_cols)
-        _filter_row_view(grad_E, g, r)[...] += grad_cols
-    grad_X = np.zeros((g.C, sh * sw, (g.N + 1) * g.Hq * g.Wq), dtype=x.dtype)
-    for a in range(sh):
-        for s, (b, col) in enumerate(g.col_taps):
-            grad_X[:, a * sw + b, col : col + g.Mext] += grad_E[a, :, s, :]
+    X = _phase_planes(x, g)
+    w_mat = weight.reshape(g.K, CRS)
+    grad_w_t = np.zeros((CRS, g.K), dtype=weight.dtype)  # grad_w transposed
+    grad_X = np.zeros_like(X)
+    for m0, m1 in _position_blocks(g, x.itemsize):
+        gy_block = gy[:, m0:m1]  # (K, m1 - m0)
+        # grad_w^T += cols (C*R*S, B) @ gy^T (B, K). (The untransposed product gy @ cols^T
+        # is the same sum, but OpenBLAS runs that operand order several times slower.)
+        grad_w_t += _im2col_block(X, g, m0, m1).reshape(CRS, m1 - m0) @ gy_block.T
+        # grad_cols = Wmat^T gy, then col2im: each tap's rows go back where they were read.
+        grad_cols = (w_mat.T @ gy_block).reshape(g.C, g.R * g.S, m1 - m0)
+        for t, (phase, offset) in enumerate(g.taps):
+            grad_X[:, phase, m0 + offset : m1 + offset] += grad_cols[:, t, :]
     grad_x = _unphase_planes(grad_X, g)
 
     grad_b = grad_y.sum(axis=(0, 2, 3)) if need_bias else None
-    return grad_x, grad_w, grad_b
+    return grad_x, np.ascontiguousarray(grad_w_t.T).reshape(weight.shape), grad_b
 
 
 # --------------------------------------------------------------------------------------------
