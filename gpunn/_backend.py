@@ -47,15 +47,23 @@ def get_backend() -> str:
     return _backend.get()
 
 
-@contextlib.contextmanager
 def use_backend(name: str):
-    """Select the CPU backend ("numpy" or "emu") inside a ``with`` block. Nestable."""
+    """Select the CPU backend ("numpy" or "emu") inside a ``with`` block. Nestable.
+
+    The name is checked at the call, not when the block is entered: an unknown name is a
+    ValueError, and "emu" without a working C++ compiler a RuntimeError saying why.
+    """
     if name not in CPU_BACKENDS:
         raise ValueError(f"backend must be one of {CPU_BACKENDS}, got {name!r}")
     if name == "emu":
         from gpunn.emu import ensure_available
 
-        ensure_available()  # raises RuntimeError saying why, before anything runs
+        ensure_available()
+    return _selected(name)
+
+
+@contextlib.contextmanager
+def _selected(name: str):
     token = _backend.set(name)
     try:
         yield name

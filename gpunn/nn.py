@@ -111,8 +111,11 @@ class Module:
         self._modules: OrderedDict[str, Module] = OrderedDict()
 
     def _add_parameter(self, name: str, data) -> Parameter:
+        """Register a Parameter under its state_dict name, also reachable as an attribute
+        (``lstm.weight_ih_l0``, as in PyTorch)."""
         p = Parameter(data)
         self._parameters[name] = p
+        setattr(self, name, p)
         return p
 
     @property

@@ -459,3 +459,12 @@ def test_cross_entropy_backward_scale_keeps_the_logits_dtype():
         loss_fn.backward(np.array(2.0))
     with pytest.raises(ValueError, match=re.escape("grad_output must have shape (), got (3,)")):
         loss_fn.backward(np.ones(3, f32))
+
+
+def test_recurrent_parameters_are_attributes_as_in_pytorch():
+    lstm = nn.LSTM(3, 4, num_layers=2, bias=False)
+    named = dict(lstm.named_parameters())
+    assert set(named) == {"weight_ih_l0", "weight_hh_l0", "weight_ih_l1", "weight_hh_l1"}
+    for name, p in named.items():
+        assert getattr(lstm, name) is p
+    assert not hasattr(lstm, "bias_ih_l0")
