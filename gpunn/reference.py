@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from gpunn._backend import get_array_module
 from gpunn._shapes import ceil_div, conv_out_size, pool_out_size
@@ -196,6 +195,15 @@ def conv2d_backward(grad_y, x, weight, stride, padding4, dilation, need_bias):
 #
 # y[n, c, oh, ow] = max over the window at padded (oh*sh + r*dh, ow*sw + s*dw), 0 <= r < R,
 # 0 <= s < S. Padded positions (and, in ceil mode, positions past the padding) never win.
+#
+# Strategy: one pass per window tap t = (r, s) over a strided view of the padded input, tap(t)
+# = xpad[:, :, r*dh :: sh, s*dw :: sw] cut to (N, C, OH, OW): no window is ever copied out.
+# 1. y = max over t of tap(t), with np.maximum (NaN propagates, padding is -inf).
+# 2. The chosen tap: the first t, in row-major window order, whose element inside the image
+#    equals y (taps visited in reverse, each overwriting the choice); in a window holding a NaN
+#    the last NaN tap instead (visited in order), PyTorch's CPU rule. A window with no element
+#    inside the image keeps -1.
+# 3. indices = the chosen element's h * W + w, from the window origin and the tap's offset.
 # --------------------------------------------------------------------------------------------
 
 
@@ -221,60 +229,65 @@ def max_pool2d_forward(x, kernel, stride, padding, dilation, ceil_mode):
     Wp = max(W + 2 * pw, (OW - 1) * sw + (S - 1) * dw + 1)
     xpad = np.full((N, C, Hp, Wp), -np.inf, dtype=x.dtype)
     xpad[:, :, ph : ph + H, pw : pw + W] = x
-    inside = np.zeros((Hp, Wp), dtype=bool)
-    inside[ph : ph + H, pw : pw + W] = True
+    # Input row and column of each window's tap: h[oh, r] = oh*sh - ph + r*dh, likewise w.
+    h = (np.arange(OH) * sh - ph)[:, None] + np.arange(R) * dh  # (OH, R)
+    w = (np.arange(OW) * sw - pw)[:, None] + np.arange(S) * dw  # (OW, S)
+    taps = [(r, s) for r in range(R) for s in range(S)]  # t = r*S + s, row-major
 
-    def windows(a):
-        """(..., Hp, Wp) -> (..., OH, OW, R*S) copy of every window, row-major in (r, s)."""
-        *lead, _, _ = a.shape
-        s_h, s_w = a.strides[-2:]
-        view = as_strided(
-            a,
-            shape=(*lead, OH, OW, R, S),
-            strides=(*a.strides[:-2], s_h * sh, s_w * sw, s_h * dh, s_w * dw),
-            writeable=False,
-        )
-        return view.reshape(*lead, OH, OW, R * S)
+    def tap(r, s):
+        """(N, C, OH, OW) view: element (r, s) of every window."""
+        top, left = r * dh, s * dw
+        return xpad[:, :, top : top + (OH - 1) * sh + 1 : sh, left : left + (OW - 1) * sw + 1 : sw]
 
-    xw = windows(xpad)  # (N, C, OH, OW, R*S)
-    inside_w = windows(inside)  # (OH, OW, R*S)
-    y = xw.max(axis=-1)  # NaN propagates through max
-    is_nan = np.isnan(y)[..., None]
-    # Candidates: the NaNs of a NaN window, else the in-bounds elements equal to the max.
-    hit = np.where(is_nan, np.isnan(xw), (xw == y[..., None]) & inside_w)
-    first = np.argmax(hit, axis=-1)
-    last = R * S - 1 - np.argmax(hit[..., ::-1], axis=-1)
-    chosen = np.where(is_nan[..., 0], last, first)  # (N, C, OH, OW) position in the window
+    def inside(r, s):
+        """(OH, OW) bool: tap (r, s) of window (oh, ow) is an image element; None if all are."""
+        rows, cols = (h[:, r] >= 0) & (h[:, r] < H), (w[:, s] >= 0) & (w[:, s] < W)
+        return None if rows.all() and cols.all() else rows[:, None] & cols[None, :]
 
-    # Flat input index of every window element: h * W + w with h = oh*sh - ph + r*dh.
-    h = (np.arange(OH) * sh - ph)[:, None, None, None] + (np.arange(R) * dh)[:, None]
-    w = (np.arange(OW) * sw - pw)[None, :, None, None] + (np.arange(S) * dw)[None, :]
-    flat = (h * W + w).reshape(OH, OW, R * S)
-    flat = np.broadcast_to(flat, (N, C, OH, OW, R * S))
-    indices = np.take_along_axis(flat, chosen[..., None], axis=-1)[..., 0]
-    # With dilation a window can fall wholly into the padding: y = -inf and no element to
-    # point at, so its index is -1 (PyTorch returns an out-of-window position there).
-    indices = np.where(inside_w.any(axis=-1), indices, -1)
-    return np.ascontiguousarray(y), indices.astype(np.int64)
+    y = tap(0, 0).copy()
+    for r, s in taps[1:]:
+        np.maximum(y, tap(r, s), out=y)  # NaN propagates through maximum
+
+    # Smallest signed integer type that holds every tap number and -1.
+    chosen = np.full(y.shape, -1, dtype=np.min_scalar_type(-len(taps)))
+    hit = np.empty(y.shape, dtype=bool)
+    for t in reversed(range(len(taps))):
+        np.equal(tap(*taps[t]), y, out=hit)
+        mask = inside(*taps[t])
+        if mask is not None:
+            hit &= mask
+        np.copyto(chosen, t, where=hit)
+    if np.isnan(y).any():
+        for t, (r, s) in enumerate(taps):
+            np.copyto(chosen, t, where=np.isnan(tap(r, s)))
+
+    # indices = h * W + w = (origin row * W + origin column) + (r*dh*W + s*dw)
+    tap_offset = np.array([r * dh * W + s * dw for r, s in taps], dtype=np.int64)
+    indices = tap_offset[chosen]  # chosen = -1 picks the last entry; replaced below
+    indices += h[:, :1] * W + w[:, 0]  # (OH, OW) window origins, broadcast over (N, C)
+    indices[chosen < 0] = -1
+    return y, indices
 
 
 def max_pool2d_backward(grad_y, indices, input_shape, geometry=None):
     """Gradient of max pooling: each window's gradient goes to the element it chose.
 
     grad_y and indices (N, C, OH, OW); input_shape (N, C, H, W). Overlapping windows that
-    chose the same element add up (a scatter-add, np.add.at, which accumulates repeats).
+    chose the same element add up (a scatter-add, np.add.at, which accumulates repeats; on
+    1-D indices NumPy runs it several times faster than on an index tuple).
     ``geometry`` is accepted for the kernel family's signature and not needed here.
     An index of -1 (a window wholly in the padding) passes no gradient. Returns grad_x
     (N, C, H, W).
     """
     N, C, H, W = input_shape
-    grad_x = np.zeros((N * C, H * W), dtype=grad_y.dtype)
+    grad_x = np.zeros(N * C * H * W, dtype=grad_y.dtype)
     P = indices.shape[2] * indices.shape[3]  # OH * OW windows per plane
-    planes = np.arange(N * C).reshape(N * C, 1)  # (N*C, 1)
-    indices = indices.reshape(N * C, P)
-    chose = indices >= 0  # index -1: a window wholly in the padding passes no gradient
-    grad = np.where(chose, grad_y.reshape(N * C, P), 0)
-    np.add.at(grad_x, (planes, np.where(chose, indices, 0)), grad)
+    flat = indices.reshape(N * C, P) + (np.arange(N * C) * (H * W))[:, None]  # into grad_x
+    grad = grad_y.reshape(N * C, P)
+    chose = indices.reshape(N * C, P) >= 0  # -1: a window wholly in the padding
+    if not chose.all():
+        flat, grad = flat[chose], grad[chose]
+    np.add.at(grad_x, flat.reshape(-1), grad.reshape(-1))
     return grad_x.reshape(N, C, H, W)
 
 
