@@ -303,23 +303,29 @@ def max_pool2d_backward(grad_y, indices, input_shape, geometry=None):
 # Forward projects the inputs of all steps with one GEMM, then loops over t. Backward through
 # time loops over t in reverse for the recurrent part, then gets grad_x and the weight
 # gradients of all steps with one GEMM each (the shared weights' gradient is the sum over t).
+# The step loop writes into preallocated arrays (out=, in-place ops): at N=1 the per-step
+# arithmetic is tiny, so fresh temporaries and a transposed-weight view would dominate it.
+# W_hh^T is copied once to a C-contiguous (HID, G) array: OpenBLAS runs h @ W_hh.T (a
+# transposed view) up to 100x slower than the same product on a contiguous matrix at N=1.
 # --------------------------------------------------------------------------------------------
 
 
-def _sigmoid(x):
-    """1 / (1 + exp(-x)) without overflow: exp only ever sees -|x|."""
-    xp = get_array_module(x)
-    e = xp.exp(-xp.abs(x))
-    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+def _sigmoid_(a):
+    """a = sigmoid(a) in place, computed as 0.5 * tanh(a / 2) + 0.5: no exp, no overflow."""
+    xp = get_array_module(a)
+    a *= 0.5
+    xp.tanh(a, out=a)
+    a *= 0.5
+    a += 0.5
+    return a
 
 
 def _input_projection(x, w_ih, b_ih, b_hh):
     """x (T, N, I) -> x_t W_ih^T + b_ih + b_hh for every t, (T, N, G) with G the gate width."""
     proj = x @ w_ih.T
-    if b_ih is not None:
-        proj = proj + b_ih
-    if b_hh is not None:
-        proj = proj + b_hh
+    biases = [b for b in (b_ih, b_hh) if b is not None]
+    if biases:
+        proj += sum(biases[1:], biases[0])  # (G,): one pass over proj for both biases
     return proj
 
 
@@ -353,22 +359,30 @@ def lstm_cell_forward(gates, c_prev):
     gates (N, 4*HID) pre-activations with the biases already added, ordered i, f, g, o;
     c_prev (N, HID). Returns (h, c), each (N, HID).
     """
-    h, c, _ = _lstm_cell(gates, c_prev)
+    xp = get_array_module(gates)
+    h, c = xp.empty_like(c_prev), xp.empty_like(c_prev)
+    _lstm_cell_(gates.copy(), c_prev, h, c)
     return h, c
 
 
-def _lstm_cell(gates, c_prev):
-    """``lstm_cell_forward`` that also returns the activated gates (N, 4*HID) for backward."""
-    xp = get_array_module(gates)
+def _lstm_cell_(act, c_prev, h_out, c_out):
+    """One LSTM step in place: ``act`` (N, 4*HID) holds the pre-activation gates on entry and
+    the activated gates i, f, g, o (kept for backward) on return; h_out and c_out (N, HID)
+    receive h and c.
+    """
+    xp = get_array_module(act)
     HID = c_prev.shape[1]
-    act = xp.empty_like(gates)
-    act[:, : 2 * HID] = _sigmoid(gates[:, : 2 * HID])  # i, f
-    act[:, 2 * HID : 3 * HID] = xp.tanh(gates[:, 2 * HID : 3 * HID])  # g
-    act[:, 3 * HID :] = _sigmoid(gates[:, 3 * HID :])  # o
+    _sigmoid_(act[:, : 2 * HID])  # i, f
+    xp.tanh(act[:, 2 * HID : 3 * HID], out=act[:, 2 * HID : 3 * HID])  # g
+    _sigmoid_(act[:, 3 * HID :])  # o
     i, f, g, o = (act[:, k * HID : (k + 1) * HID] for k in range(4))
-    c = f * c_prev + i * g
-    h = o * xp.tanh(c)
-    return h, c, act
+    # c = f * c_prev + i * g   (h_out holds i * g until h is written)
+    xp.multiply(f, c_prev, out=c_out)
+    xp.multiply(i, g, out=h_out)
+    c_out += h_out
+    # h = o * tanh(c)
+    xp.tanh(c_out, out=h_out)
+    h_out *= o
 
 
 @dataclass(frozen=True)
@@ -394,13 +408,17 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     xp = get_array_module(x)
     T, N, _ = x.shape
     HID = h0.shape[1]
-    proj = _input_projection(x, w_ih, b_ih, b_hh)  # (T, N, 4*HID)
+    # act starts as the input projections; each step adds h_{t-1} W_hh^T and activates it.
+    act = _input_projection(x, w_ih, b_ih, b_hh)  # (T, N, 4*HID)
+    w_hh_t = xp.ascontiguousarray(w_hh.T)  # (HID, 4*HID)
     h = xp.empty((T + 1, N, HID), dtype=x.dtype)
     c = xp.empty((T + 1, N, HID), dtype=x.dtype)
-    act = xp.empty((T, N, 4 * HID), dtype=x.dtype)
+    recurrent = xp.empty((N, 4 * HID), dtype=x.dtype)  # h_{t-1} W_hh^T, one buffer for all t
     h[0], c[0] = h0, c0
     for t in range(T):
-        h[t + 1], c[t + 1], act[t] = _lstm_cell(proj[t] + h[t] @ w_hh.T, c[t])
+        xp.matmul(h[t], w_hh_t, out=recurrent)
+        act[t] += recurrent
+        _lstm_cell_(act[t], c[t], h[t + 1], c[t + 1])
     saved = LSTMSaved(x, h, c, act, w_ih, w_hh, b_ih is not None, b_hh is not None)
     return h[1:].copy(), h[T].copy(), c[T].copy(), saved
 
@@ -464,10 +482,13 @@ def rnn_tanh_forward(x, h0, w_ih, w_hh, b_ih, b_hh):
     T, N, _ = x.shape
     HID = h0.shape[1]
     proj = _input_projection(x, w_ih, b_ih, b_hh)  # (T, N, HID)
+    w_hh_t = xp.ascontiguousarray(w_hh.T)  # (HID, HID)
     h = xp.empty((T + 1, N, HID), dtype=x.dtype)
     h[0] = h0
     for t in range(T):
-        h[t + 1] = xp.tanh(proj[t] + h[t] @ w_hh.T)
+        xp.matmul(h[t], w_hh_t, out=h[t + 1])
+        h[t + 1] += proj[t]
+        xp.tanh(h[t + 1], out=h[t + 1])
     saved = RNNSaved(x, h, w_ih, w_hh, b_ih is not None, b_hh is not None)
     return h[1:].copy(), h[T].copy(), saved
 
