@@ -125,7 +125,7 @@ def _unphase_planes(X, g: _ConvGeometry):
 
 def _position_blocks(g: _ConvGeometry, itemsize: int):
     """(m0, m1) ranges covering [0, M), each with an im2col block of about COLS_BLOCK_BYTES."""
-    block = max(1, COLS_BLOCK_BYTES // (g.C * g.R * g.S * itemsize))
+    block = max(1, COLS_BLOCK_BYTES // max(1, g.C * g.R * g.S * itemsize))  # C = 0 allowed
     return [(m0, min(m0 + block, g.M)) for m0 in range(0, g.M, block)]
 
 

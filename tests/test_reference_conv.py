@@ -151,6 +151,21 @@ def test_conv_empty_batch(dtype):
     assert not gw.any() and not gb.any()
 
 
+@pytest.mark.parametrize("C,K", [(0, 4), (3, 0)])
+def test_conv_zero_channels(C, K):
+    """C = 0: nothing to sum, y is the bias; K = 0: no output, so grad_x is zero."""
+    x, w, b, _ = conv_inputs((2, C, 5, 6, K, 3, 2, (1, 1), (1, 0, 1, 1), (1, 1)), np.float64, C)
+    y = reference.conv2d_forward(x, w, b, (1, 1), (1, 0, 1, 1), (1, 1))
+    assert y.shape == (2, K, 4, 7)
+    np.testing.assert_array_equal(y, np.broadcast_to(b.reshape(1, K, 1, 1), y.shape))
+    gx, gw, gb = reference.conv2d_backward(
+        np.ones_like(y), x, w, (1, 1), (1, 0, 1, 1), (1, 1), True
+    )
+    assert gx.shape == x.shape and gw.shape == w.shape and gb.shape == (K,)
+    assert not gx.any() and not gw.any()
+    np.testing.assert_array_equal(gb, np.full(K, 2 * 4 * 7.0))
+
+
 @st.composite
 def conv_shapes(draw):
     R, S = draw(st.integers(1, 4)), draw(st.integers(1, 4))
