@@ -212,21 +212,33 @@ def check_args(kernel_name: str, params, args, array_types: tuple[type, ...]) ->
         raise TypeError(
             f"kernel {kernel_name!r} takes {len(params)} arguments ({names}), got {len(args)}"
         )
-    kinds = " or ".join(f"{t.__module__}.{t.__name__}" for t in array_types)
+    # Messages are built only on failure: this runs before every launch, once per step of a
+    # recurrent sequence, so the passing path stays a few attribute compares per argument.
     for p, a in zip(params, args):
-        where = f"kernel {kernel_name!r} {p.describe()}"
         if p.is_pointer:
-            if not isinstance(a, array_types):
-                raise TypeError(f"{where}: expected a {kinds} of {p.dtype}, got {_type_name(a)}")
-            if a.dtype != p.dtype:
-                raise TypeError(f"{where}: expected dtype {p.dtype}, got {a.dtype}")
-            if not a.flags.c_contiguous:
-                raise TypeError(f"{where}: the array must be C-contiguous")
-            if not p.is_const and not getattr(a.flags, "writeable", True):
-                raise TypeError(f"{where}: the kernel writes through it, the array is read-only")
-        else:
-            if not isinstance(a, numpy.generic) or a.dtype != p.dtype:
-                raise TypeError(
-                    f"{where}: expected numpy.{p.dtype.name} (a scalar, as "
-                    f"numpy.{p.dtype.name}(value)), got {_type_name(a)}"
-                )
+            if (
+                isinstance(a, array_types)
+                and a.dtype == p.dtype
+                and a.flags.c_contiguous
+                and (p.is_const or getattr(a.flags, "writeable", True))
+            ):
+                continue
+            _pointer_error(kernel_name, p, a, array_types)
+        elif not isinstance(a, numpy.generic) or a.dtype != p.dtype:
+            raise TypeError(
+                f"kernel {kernel_name!r} {p.describe()}: expected numpy.{p.dtype.name} (a "
+                f"scalar, as numpy.{p.dtype.name}(value)), got {_type_name(a)}"
+            )
+
+
+def _pointer_error(kernel_name: str, p, a, array_types) -> None:
+    """Raise the TypeError that says why ``a`` does not fit pointer parameter ``p``."""
+    where = f"kernel {kernel_name!r} {p.describe()}"
+    if not isinstance(a, array_types):
+        kinds = " or ".join(f"{t.__module__}.{t.__name__}" for t in array_types)
+        raise TypeError(f"{where}: expected a {kinds} of {p.dtype}, got {_type_name(a)}")
+    if a.dtype != p.dtype:
+        raise TypeError(f"{where}: expected dtype {p.dtype}, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise TypeError(f"{where}: the array must be C-contiguous")
+    raise TypeError(f"{where}: the kernel writes through it, the array is read-only")
