@@ -177,16 +177,18 @@ class CudaKernel:
         from gpunn import _signature
 
         _signature.check_args(self.name, self.signature.params, args, (cupy.ndarray,))
-        where = f"kernel {self.name} ({self.path.name}) grid={grid} block={block}"
         try:
             self._kernel(grid, block, args, shared_mem=shared_mem)
         except Exception as exc:
-            raise RuntimeError(f"{where} failed to launch: {exc}") from exc
+            raise RuntimeError(f"{self._where(grid, block)} failed to launch: {exc}") from exc
         if SYNC_LAUNCHES:
             try:
                 cupy.cuda.get_current_stream().synchronize()
             except Exception as exc:
-                raise RuntimeError(f"{where} failed: {exc}") from exc
+                raise RuntimeError(f"{self._where(grid, block)} failed: {exc}") from exc
+
+    def _where(self, grid, block) -> str:
+        return f"kernel {self.name} ({self.path.name}) grid={grid} block={block}"
 
 
 def grid_1d(xp, total: int, threads: int) -> tuple[tuple, tuple]:
