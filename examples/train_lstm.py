@@ -22,4 +22,4 @@ def main(epochs=None, batch_size=train.DEFAULT_BATCH_SIZE, lr=None, seed=0, devi
 
 
 if __name__ == "__main__":
-    main(**vars(train.example_parser(MODEL).parse_args()))
+    train.example_main(MODEL)

@@ -37,10 +37,12 @@ def check_rank(x, name: str, dims: str) -> None:
         raise ValueError(f"{name} must be {ndim}-D ({dims}), got shape {tuple(x.shape)}")
 
 
-def check_shape(x, name: str, shape: tuple) -> None:
-    """``x.shape`` must equal ``shape``; else ValueError showing both."""
+def check_shape(x, name: str, shape: tuple, because: str = "") -> None:
+    """``x.shape`` must equal ``shape``; else ValueError showing both (and ``because``, the
+    argument the expected shape comes from)."""
     if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
+        why = f" ({because})" if because else ""
+        raise ValueError(f"{name} must have shape {tuple(shape)}{why}, got {tuple(x.shape)}")
 
 
 def float_arrays(optional=(), **named):

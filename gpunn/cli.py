@@ -245,6 +245,8 @@ def _ints(value: str | None, name: str, count: tuple[int, ...]):
             f"expected {' or '.join(map(str, count))} comma-separated integers, got {value!r}",
             param_hint=name,
         )
+    if min(items) < 1:
+        raise click.BadParameter(f"sizes must be positive, got {value!r}", param_hint=name)
     return items
 
 
@@ -282,9 +284,6 @@ def _custom_shape(family: str, shape, kernel, stride, padding, hidden):
         if shape is None or hidden is None:
             raise click.UsageError("a custom sequence needs --shape T,N,I and --hidden HID")
         out = bench.SeqShape(*_ints(shape, "--shape", (3,)), hidden)
-    bad = {k: v for k, v in vars(out).items() if k != "padding" and v < 1}
-    if bad:
-        raise click.BadParameter(f"sizes must be positive, got {bad}", param_hint="--shape")
     return out
 
 

@@ -279,25 +279,34 @@ def _recurrent_forward(kind, x, states, weight_ih, weight_hh, bias_ih, bias_hh):
         optional=("bias_ih", "bias_hh"),
     )
     check_rank(x, "x", "T, N, I")
-    check_rank(weight_hh, "weight_hh", f"{G}*HID, HID")
     T, N, I = x.shape
-    HID = weight_hh.shape[1]
     if T == 0:
         raise ValueError(f"x must hold at least one time step, got shape {tuple(x.shape)}")
-    check_shape(weight_hh, "weight_hh", (G * HID, HID))
-    check_rank(weight_ih, "weight_ih", f"{G}*HID, I")
-    check_shape(weight_ih, "weight_ih", (G * HID, I))
+    # N and I come from x, HID from the first state (h0), as in PyTorch.
+    first, first_state = next(iter(states.items()))
     for name, state in states.items():
         check_rank(state, name, "N, HID")
-        check_shape(state, name, (N, HID))
+    HID = first_state.shape[1]
+    for name, state in states.items():
+        check_shape(state, name, (N, HID), f"N={N} from x of shape {tuple(x.shape)}")
+    check_rank(weight_ih, "weight_ih", f"{G}*HID, I")
+    check_rank(weight_hh, "weight_hh", f"{G}*HID, HID")
+    if weight_ih.shape[1] != I:
+        raise ValueError(
+            f"x has {I} input features (shape {tuple(x.shape)}) but weight_ih expects "
+            f"{weight_ih.shape[1]} (shape {tuple(weight_ih.shape)})"
+        )
+    hidden = f"hidden size HID={HID} from {first} of shape {tuple(first_state.shape)}"
+    check_shape(weight_ih, "weight_ih", (G * HID, I), hidden)
+    check_shape(weight_hh, "weight_hh", (G * HID, HID), hidden)
     if (bias_ih is None) != (bias_hh is None):
         raise ValueError(
             "bias_ih and bias_hh must both be arrays or both be None, got "
             f"{type(bias_ih).__name__} and {type(bias_hh).__name__}"
         )
     if bias_ih is not None:
-        check_shape(bias_ih, "bias_ih", (G * HID,))
-        check_shape(bias_hh, "bias_hh", (G * HID,))
+        check_shape(bias_ih, "bias_ih", (G * HID,), hidden)
+        check_shape(bias_hh, "bias_hh", (G * HID,), hidden)
     family = op_family(xp, dtype, "x")
     has_bias = bias_ih is not None
     shapes = (T, N, I, HID)
@@ -354,7 +363,7 @@ def lstm_cell(gates, c_prev):
     check_rank(gates, "gates", "N, 4*HID")
     check_rank(c_prev, "c_prev", "N, HID")
     N, HID = c_prev.shape
-    check_shape(gates, "gates", (N, 4 * HID))
+    check_shape(gates, "gates", (N, 4 * HID), f"(N, 4*HID) for c_prev of shape {(N, HID)}")
     family = op_family(xp, dtype, "gates")
     if N == 0:
         return xp.zeros((0, HID), dtype=dtype), xp.zeros((0, HID), dtype=dtype)

@@ -278,7 +278,8 @@ def format_epoch(record: dict) -> str:
 def format_result(result: dict) -> str:
     return (
         f"test accuracy {result['test_accuracy']:.4f} ({result['test_examples']} digits) after "
-        f"{result['epochs']} epochs in {result['seconds']:.1f} s"
+        f"{result['epochs']} epoch{'s' if result['epochs'] != 1 else ''} in "
+        f"{result['seconds']:.1f} s"
     )
 
 
@@ -293,6 +294,17 @@ def example_parser(name: str):
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--device", choices=DEVICES, default="cpu")
     return p
+
+
+def example_main(name: str) -> None:
+    """Entry point of ``examples/train_<name>.py``: parse the options and train; a bad option
+    or an unusable device ends the script with its message (exit status 2), not a traceback."""
+    parser = example_parser(name)
+    options = vars(parser.parse_args())
+    try:
+        run_example(name, print, **options)
+    except (ValueError, RuntimeError) as exc:
+        parser.error(str(exc))
 
 
 def run_example(name: str, echo: Callable[[str], None], **options) -> dict:

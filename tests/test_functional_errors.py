@@ -189,12 +189,12 @@ CASES = {
     ),
     "lstm input size": (
         ValueError,
-        "weight_ih must have shape (16, 5), got (16, 4)",
+        "x has 5 input features (shape (3, 2, 5)) but weight_ih expects 4 (shape (16, 4))",
         lambda: _lstm(weight_ih=WIH[:, :4]),
     ),
     "lstm h0 shape": (
         ValueError,
-        "h0 must have shape (2, 4), got (1, 4)",
+        "h0 must have shape (2, 4) (N=2 from x of shape (3, 2, 5)), got (1, 4)",
         lambda: _lstm(h0=H0[:1]),
     ),
     "lstm one bias": (
@@ -204,12 +204,15 @@ CASES = {
     ),
     "lstm_cell gates": (
         ValueError,
-        "gates must have shape (2, 16), got (2, 12)",
+        "gates must have shape (2, 16) ((N, 4*HID) for c_prev of shape (2, 4)), got (2, 12)",
         lambda: F.lstm_cell(WHH.reshape(4, 16)[:2, :12], H0),
     ),
-    "rnn weight_hh": (
+    "rnn weights sized for an LSTM": (
         ValueError,
-        "weight_hh must have shape (4, 4), got (16, 4)",
+        (
+            "weight_ih must have shape (4, 5) (hidden size HID=4 from h0 of shape (2, 4)), "
+            "got (16, 5)"
+        ),
         lambda: F.rnn_tanh(XS, H0, WIH, WHH, None, None),
     ),
     "indices shape": (
