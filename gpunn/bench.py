@@ -391,11 +391,20 @@ class TorchPeer:
             self.torch.cuda.synchronize()
 
 
+# Before timing one side on the CPU, let the other side's worker threads go idle: OpenBLAS's
+# spin for about 2^28 cycles (0.1 s) after a call and PyTorch's OpenMP threads a little, and a
+# spinning thread on one of two cores makes the next 2-thread region wait a scheduler slice
+# (seen here: a 0.3 ms torch call measured 16 ms right after NumPy's GEMMs).
+CPU_SETTLE_S = 0.25
+
+
 def time_cpu(fn: Callable[[], object], warmup: int, repeat: int):
-    """``warmup`` untimed calls, then ``repeat`` calls timed with perf_counter.
+    """After a ``CPU_SETTLE_S`` pause, ``warmup`` untimed calls, then ``repeat`` calls timed
+    with perf_counter.
 
     Returns (seconds per repeat, the last call's result).
     """
+    time.sleep(CPU_SETTLE_S)
     out = None
     for _ in range(warmup):
         out = fn()
