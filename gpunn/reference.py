@@ -206,15 +206,27 @@ def conv2d_backward(grad_y, x, weight, stride, padding4, dilation, need_bias):
 # y[n, c, oh, ow] = max over the window at padded (oh*sh + r*dh, ow*sw + s*dw), 0 <= r < R,
 # 0 <= s < S. Padded positions (and, in ceil mode, positions past the padding) never win.
 #
-# Strategy: one pass per window tap t = (r, s) over a strided view of the padded input, tap(t)
-# = xpad[:, :, r*dh :: sh, s*dw :: sw] cut to (N, C, OH, OW): no window is ever copied out.
-# 1. y = max over t of tap(t), with np.maximum (NaN propagates, padding is -inf).
-# 2. The chosen tap: the first t, in row-major window order, whose element inside the image
-#    equals y (taps visited in reverse, each overwriting the choice); in a window holding a NaN
-#    the last NaN tap instead (visited in order), PyTorch's CPU rule. A window with no element
-#    inside the image keeps -1.
+# Strategy: one pass per window tap t = (r, s) over a strided view of the input itself: the
+# windows whose tap t lies inside the image form a rectangle of (oh, ow), and there tap(t) =
+# x[:, :, oh*sh - ph + r*dh, ow*sw - pw + s*dw] is one slice of x with steps (sh, sw). No window
+# is copied out and no padded copy of x is made (fresh memory costs page faults on these
+# machines: a -inf-filled padded input was the largest array the op touched).
+# 1. y = max over t of tap(t), with np.maximum on each tap's rectangle, y starting at -inf:
+#    padded positions never win and NaN propagates.
+# 2. The chosen tap: the first t, in row-major window order, whose element equals y (taps
+#    visited in reverse, each overwriting the choice on its rectangle); in a window holding a
+#    NaN the last NaN tap instead (visited in order), PyTorch's CPU rule. A window with no
+#    element inside the image keeps -1.
 # 3. indices = the chosen element's h * W + w, from the window origin and the tap's offset.
 # --------------------------------------------------------------------------------------------
+
+
+def _pool_tap_range(out_size: int, size: int, stride: int, pad: int, offset: int):
+    """Windows o in [o0, o1) whose tap at ``offset`` (r*dh) reads input row o*stride - pad +
+    offset inside [0, size), and that first input row."""
+    o0 = min(out_size, max(0, ceil_div(pad - offset, stride)))
+    o1 = max(o0, min(out_size, (size - 1 + pad - offset) // stride + 1))
+    return o0, o1, o0 * stride - pad + offset
 
 
 def max_pool2d_forward(x, kernel, stride, padding, dilation, ceil_mode):
@@ -234,48 +246,38 @@ def max_pool2d_forward(x, kernel, stride, padding, dilation, ceil_mode):
     dh, dw = dilation
     OH = pool_out_size(H, R, sh, ph, dh, ceil_mode)
     OW = pool_out_size(W, S, sw, pw, dw, ceil_mode)
-    # A ceil-mode window may reach past the bottom/right padding: extend with -inf to fit.
-    Hp = max(H + 2 * ph, (OH - 1) * sh + (R - 1) * dh + 1)
-    Wp = max(W + 2 * pw, (OW - 1) * sw + (S - 1) * dw + 1)
-    xpad = np.full((N, C, Hp, Wp), -np.inf, dtype=x.dtype)
-    xpad[:, :, ph : ph + H, pw : pw + W] = x
-    # Input row and column of each window's tap: h[oh, r] = oh*sh - ph + r*dh, likewise w.
-    h = (np.arange(OH) * sh - ph)[:, None] + np.arange(R) * dh  # (OH, R)
-    w = (np.arange(OW) * sw - pw)[:, None] + np.arange(S) * dw  # (OW, S)
     taps = [(r, s) for r in range(R) for s in range(S)]  # t = r*S + s, row-major
 
     def tap(r, s):
-        """(N, C, OH, OW) view: element (r, s) of every window."""
-        top, left = r * dh, s * dw
-        return xpad[:, :, top : top + (OH - 1) * sh + 1 : sh, left : left + (OW - 1) * sw + 1 : sw]
+        """(window rectangle, view of x): tap (r, s) of the windows in the rectangle."""
+        oh0, oh1, h0 = _pool_tap_range(OH, H, sh, ph, r * dh)
+        ow0, ow1, w0 = _pool_tap_range(OW, W, sw, pw, s * dw)
+        rect = (slice(None), slice(None), slice(oh0, oh1), slice(ow0, ow1))
+        return rect, x[:, :, h0::sh, w0::sw][:, :, : oh1 - oh0, : ow1 - ow0]
 
-    def inside(r, s):
-        """(OH, OW) bool: tap (r, s) of window (oh, ow) is an image element; None if all are."""
-        rows, cols = (h[:, r] >= 0) & (h[:, r] < H), (w[:, s] >= 0) & (w[:, s] < W)
-        return None if rows.all() and cols.all() else rows[:, None] & cols[None, :]
+    y = np.full((N, C, OH, OW), -np.inf, dtype=x.dtype)
+    for r, s in taps:
+        rect, view = tap(r, s)
+        np.maximum(y[rect], view, out=y[rect])  # NaN propagates through maximum
 
-    y = tap(0, 0).copy()
-    for r, s in taps[1:]:
-        np.maximum(y, tap(r, s), out=y)  # NaN propagates through maximum
+    # indices[n, c, oh, ow] = h * W + w of the chosen tap, written on each tap's rectangle:
+    # index_of(r, s)[oh, ow] = (oh*sh - ph + r*dh) * W + (ow*sw - pw + s*dw).
+    origin = (np.arange(OH) * sh - ph)[:, None] * W + (np.arange(OW) * sw - pw)  # (OH, OW)
 
-    # Smallest signed integer type that holds every tap number and -1.
-    chosen = np.full(y.shape, -1, dtype=np.min_scalar_type(-len(taps)))
+    def index_of(t, rect):
+        r, s = taps[t]
+        return origin[rect[2:]] + (r * dh * W + s * dw)
+
+    indices = np.full(y.shape, -1, dtype=np.int64)
     hit = np.empty(y.shape, dtype=bool)
     for t in reversed(range(len(taps))):
-        np.equal(tap(*taps[t]), y, out=hit)
-        mask = inside(*taps[t])
-        if mask is not None:
-            hit &= mask
-        np.copyto(chosen, t, where=hit)
+        rect, view = tap(*taps[t])
+        np.equal(view, y[rect], out=hit[rect])
+        np.copyto(indices[rect], index_of(t, rect), where=hit[rect])
     if np.isnan(y).any():
         for t, (r, s) in enumerate(taps):
-            np.copyto(chosen, t, where=np.isnan(tap(r, s)))
-
-    # indices = h * W + w = (origin row * W + origin column) + (r*dh*W + s*dw)
-    tap_offset = np.array([r * dh * W + s * dw for r, s in taps], dtype=np.int64)
-    indices = tap_offset[chosen]  # chosen = -1 picks the last entry; replaced below
-    indices += h[:, :1] * W + w[:, 0]  # (OH, OW) window origins, broadcast over (N, C)
-    indices[chosen < 0] = -1
+            rect, view = tap(r, s)
+            np.copyto(indices[rect], index_of(t, rect), where=np.isnan(view))
     return y, indices
 
 
