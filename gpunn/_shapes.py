@@ -5,8 +5,6 @@ This is the one place where output sizes are computed.
 
 from __future__ import annotations
 
-import math
-
 
 def pair(value, name: str) -> tuple[int, int]:
     """Normalise an int or an (h, w) pair to a tuple of two Python ints."""
@@ -38,10 +36,10 @@ def pool_out_size(size: int, k: int, stride: int, pad: int, dilation: int, ceil_
     Floor mode is ``conv_out_size``. Ceil mode rounds up, but drops a last window that would
     start inside the right/bottom padding: ``(OH - 1) * stride >= H + pad``.
     """
-    span = size + 2 * pad - dilation * (k - 1) - 1
     if not ceil_mode:
-        return span // stride + 1
-    out = -(-span // stride) + 1
+        return conv_out_size(size, k, stride, 2 * pad, dilation)
+    span = size + 2 * pad - dilation * (k - 1) - 1
+    out = ceil_div(span, stride) + 1
     if (out - 1) * stride >= size + pad:
         out -= 1
     return out
@@ -72,10 +70,6 @@ def conv_padding(padding, R: int, S: int, stride: tuple[int, int], dilation: tup
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def numel(shape) -> int:
-    return math.prod(shape)
 
 
 def empty_pool_window(size: int, k: int, stride: int, pad: int, dilation: int, out: int):
