@@ -386,10 +386,6 @@ class TorchPeer:
     def to_numpy(t) -> np.ndarray:
         return t.detach().cpu().numpy()
 
-    def sync(self) -> None:
-        if self.device == "cuda":
-            self.torch.cuda.synchronize()
-
 
 # Before timing one side on the CPU, let the other side's worker threads go idle: OpenBLAS's
 # spin for about 2^28 cycles (0.1 s) after a call and PyTorch's OpenMP threads a little, and a
@@ -428,7 +424,8 @@ class GpuTimer:
         self.cp = cp
         # Rewriting 2x the L2 size evicts whatever the previous call left in it.
         self.flush_bytes = 2 * max(int(l2_bytes), 1 << 20)
-        self.flush_buffer = cp.zeros(self.flush_bytes // 4, dtype=cp.float32)
+        n = self.flush_bytes // np.dtype(np.float32).itemsize
+        self.flush_buffer = cp.zeros(n, dtype=cp.float32)  # (n,): flush_bytes of float32
 
     def flush(self) -> None:
         self.flush_buffer += 1.0
