@@ -11,7 +11,7 @@ import numbers
 import numpy
 
 from gpunn._backend import cupy_module, get_backend, is_cupy_array
-from gpunn._shapes import conv_padding, pair
+from gpunn._shapes import conv_padding, empty_pool_window, pair
 
 FLOAT_DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
 
@@ -181,6 +181,23 @@ def check_window_fits(x_shape, padding4, kernel, dilation, what: str) -> None:
             f"{what} (dilated size {span}) is larger than the padded input {padded} "
             f"(input H, W = {(H, W)}, padding (top, bottom, left, right) = {padding4})"
         )
+
+
+def check_pool_windows(in_hw, kernel, stride, padding, dilation, out_hw) -> None:
+    """ValueError when a pooling window of an (OH, OW) output holds no input element (the
+    kernels start each window from its first input element). Used by ``gpunn.functional``
+    and, as a guard for direct callers, by ``gpunn._kernels_pool``."""
+    for axis in (0, 1):
+        o = empty_pool_window(
+            in_hw[axis], kernel[axis], stride[axis], padding[axis], dilation[axis], out_hw[axis]
+        )
+        if o is not None:
+            raise ValueError(
+                f"the pooling window of output {'row' if axis == 0 else 'column'} {o} lies "
+                f"entirely in the padding (input H, W = {tuple(in_hw)}, kernel_size={kernel}, "
+                f"stride={stride}, padding={padding}, dilation={dilation}): it has no element "
+                f"to select"
+            )
 
 
 def non_negative_number(value, name: str) -> float:

@@ -8,8 +8,9 @@ kernel/stride/padding/dilation as pairs of ints.
 from __future__ import annotations
 
 from gpunn._backend import get_array_module
+from gpunn._checks import check_pool_windows
 from gpunn._loader import grid_1d, i32, module
-from gpunn._shapes import empty_pool_window, pool_out_size
+from gpunn._shapes import pool_out_size
 
 # Element-wise kernels: 256 threads (8 warps) per block keeps enough blocks in flight to hide
 # memory latency; nothing is shared between the threads of a block.
@@ -17,20 +18,6 @@ THREADS = 256
 # max_pool2d_backward_planes runs one thread per (n, c) plane, often only a few hundred
 # threads: small blocks spread them over more multiprocessors.
 PLANE_THREADS = 32
-
-
-def _check_windows(shape, kernel, stride, padding, dilation, out_shape):
-    """Every window must hold an input element (the kernels start from the first one)."""
-    for axis in (0, 1):
-        o = empty_pool_window(
-            shape[axis], kernel[axis], stride[axis], padding[axis], dilation[axis], out_shape[axis]
-        )
-        if o is not None:
-            raise ValueError(
-                f"max pooling window {o} along axis {axis} lies entirely in the padding: "
-                f"input {shape}, kernel={kernel}, stride={stride}, padding={padding}, "
-                f"dilation={dilation}"
-            )
 
 
 def max_pool2d_forward(x, kernel, stride, padding, dilation, ceil_mode):
@@ -41,7 +28,7 @@ def max_pool2d_forward(x, kernel, stride, padding, dilation, ceil_mode):
     OW = pool_out_size(W, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
     if OH < 1 or OW < 1:
         raise ValueError(f"max pooling output would be {OH}x{OW} for input {H}x{W}")
-    _check_windows((H, W), kernel, stride, padding, dilation, (OH, OW))
+    check_pool_windows((H, W), kernel, stride, padding, dilation, (OH, OW))
     y = xp.empty((N, C, OH, OW), dtype=x.dtype)  # (N, C, OH, OW)
     indices = xp.empty((N, C, OH, OW), dtype=xp.int64)  # (N, C, OH, OW)
     if y.size == 0:
@@ -76,7 +63,7 @@ def max_pool2d_backward(grad_y, indices, input_shape, geometry):
         fn(grid, block, (grad_y, indices, grad_x, *_dims(N, C, H, W, OH, OW)))
         return grad_x
     kernel, stride, padding, dilation = geometry
-    _check_windows((H, W), kernel, stride, padding, dilation, (OH, OW))
+    check_pool_windows((H, W), kernel, stride, padding, dilation, (OH, OW))
     grad_x = xp.empty((N, C, H, W), dtype=grad_y.dtype)  # (N, C, H, W)
     if grad_x.size == 0:
         return grad_x

@@ -21,6 +21,7 @@ import numpy
 
 from gpunn._checks import (
     check_bool,
+    check_pool_windows,
     check_rank,
     check_same_module,
     check_shape,
@@ -30,7 +31,7 @@ from gpunn._checks import (
     op_family,
     pool_hyper,
 )
-from gpunn._shapes import conv_out_size, empty_pool_window, pool_out_size
+from gpunn._shapes import conv_out_size, pool_out_size
 
 __all__ = [
     "conv2d",
@@ -137,15 +138,7 @@ def _pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode):
     N, C, H, W = x_shape
     OH = pool_out_size(H, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
     OW = pool_out_size(W, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
-    for axis, size, out in ((0, H, OH), (1, W, OW)):
-        o = empty_pool_window(size, kernel[axis], stride[axis], padding[axis], dilation[axis], out)
-        if o is not None:
-            raise ValueError(
-                f"the pooling window of output {'row' if axis == 0 else 'column'} {o} lies "
-                f"entirely in the padding (input H, W = {(H, W)}, kernel_size={kernel}, "
-                f"stride={stride}, padding={padding}, dilation={dilation}): it has no element "
-                f"to select"
-            )
+    check_pool_windows((H, W), kernel, stride, padding, dilation, (OH, OW))
     return kernel, stride, padding, dilation, ceil_mode, (N, C, OH, OW)
 
 
