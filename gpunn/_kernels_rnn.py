@@ -65,11 +65,11 @@ def _input_projection(xp, x, w_ih):
     return xp.matmul(x.reshape(T * N, I), w_ih.T).reshape(T, N, w_ih.shape[0])
 
 
-def _weight_grads(xp, dpre, saved, bias_given):
+def _weight_grads(xp, dpre, saved):
     """grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh from the pre-activation gradients
     of every step, dpre (T, N, G), as GEMMs over all T*N rows (BPTT: a shared weight's
     gradient is the sum over the steps)."""
-    x, h0, y = saved.x, saved.h0, saved.y
+    x, h0, y, bias_given = saved.x, saved.h0, saved.y, saved.bias_given
     T, N, I = x.shape
     HID = h0.shape[1]
     G = dpre.shape[2]
@@ -88,15 +88,15 @@ def _weight_grads(xp, dpre, saved, bias_given):
     return grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
 
 
-def _zeros_like_or_copy(xp, grad, like):
-    return xp.zeros_like(like) if grad is None else grad.copy()
-
-
-def _empty_weight_grads(xp, saved, bias_given):
-    grads = (xp.zeros_like(saved.x), xp.zeros_like(saved.w_ih), xp.zeros_like(saved.w_hh))
+def _empty_backward(xp, saved, state_grads):
+    """Backward of an empty sequence (T, N or HID = 0): each incoming state gradient passes
+    through unchanged (zeros when None), every other gradient is zeros. ``state_grads`` pairs
+    each state gradient with its state: ((grad_hn, h0),) or ((grad_hn, h0), (grad_cn, c0))."""
+    states = (xp.zeros_like(like) if g is None else g.copy() for g, like in state_grads)
+    grads = (xp.zeros_like(saved.w_ih), xp.zeros_like(saved.w_hh))
     G = saved.w_ih.shape[0]
-    biases = (xp.zeros(G, dtype=saved.x.dtype) if given else None for given in bias_given)
-    return (*grads, *biases)
+    biases = (xp.zeros(G, dtype=saved.x.dtype) if given else None for given in saved.bias_given)
+    return (xp.zeros_like(saved.x), *states, *grads, *biases)
 
 
 # ---- LSTM ------------------------------------------------------------------------------------
@@ -136,13 +136,13 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     w_hh_t = w_hh.T  # (HID, 4HID) view
     fn = module(xp, "lstm").get_function("lstm_cell_forward")
     grid, block = grid_1d(xp, N * HID, THREADS)  # one thread per (n, j)
-    flags = (_flag(True), _flag(has_bias), _flag(True))
+    # N, HID and the flags (has_gh, has_bias, save_gates) are the same for every step
+    tail = (i32(N), i32(HID), _flag(True), _flag(has_bias), _flag(True))
     for t in range(T):
         h_prev = h0 if t == 0 else y[t - 1]
         c_prev = c0 if t == 0 else cs[t - 1]
         xp.matmul(h_prev, w_hh_t, out=gh)
-        args = (xg[t], gh, bias_ih, bias_hh, c_prev, y[t], cs[t], gates[t], i32(N), i32(HID))
-        fn(grid, block, (*args, *flags))
+        fn(grid, block, (xg[t], gh, bias_ih, bias_hh, c_prev, y[t], cs[t], gates[t], *tail))
     # y is returned as a copy: the caller may overwrite its output, backward reads saved.y
     return y.copy(), y[T - 1].copy(), cs[T - 1].copy(), saved
 
@@ -154,15 +154,13 @@ def lstm_backward(saved, grad_y, grad_hn, grad_cn):
     T, N, _ = saved.x.shape
     HID = saved.h0.shape[1]
     if T == 0 or N == 0 or HID == 0:
-        grad_h0 = _zeros_like_or_copy(xp, grad_hn, saved.h0)
-        grad_c0 = _zeros_like_or_copy(xp, grad_cn, saved.c0)
-        grad_x, *weights = _empty_weight_grads(xp, saved, saved.bias_given)
-        return (grad_x, grad_h0, grad_c0, *weights)
+        return _empty_backward(xp, saved, ((grad_hn, saved.h0), (grad_cn, saved.c0)))
     dgates = xp.empty((T, N, 4 * HID), dtype=saved.x.dtype)  # (T, N, 4HID) pre-activation
     dh = xp.empty((N, HID), dtype=saved.x.dtype)  # (N, HID): gradient reaching h_{t-1}
     dc = xp.empty((N, HID), dtype=saved.x.dtype)  # (N, HID): gradient reaching c_{t-1}
     fn = module(xp, "lstm").get_function("lstm_cell_backward")
     grid, block = grid_1d(xp, N * HID, THREADS)  # one thread per (n, j)
+    dims = (i32(N), i32(HID))
     for t in range(T - 1, -1, -1):
         last = t == T - 1
         dh_a = grad_y[t] if grad_y is not None else dh  # stand-in never read
@@ -173,9 +171,9 @@ def lstm_backward(saved, grad_y, grad_hn, grad_cn):
         c_prev = saved.c0 if t == 0 else saved.cs[t - 1]
         args = (dh_a, dh_b, dc_in, saved.gates[t], c_prev, saved.cs[t], dgates[t], dc)
         flags = (_flag(grad_y is not None), _flag(has_b), _flag(has_c))
-        fn(grid, block, (*args, i32(N), i32(HID), *flags))
+        fn(grid, block, (*args, *dims, *flags))
         xp.matmul(dgates[t], saved.w_hh, out=dh)  # dh_{t-1} = dgates_t W_hh
-    grads = _weight_grads(xp, dgates, saved, saved.bias_given)
+    grads = _weight_grads(xp, dgates, saved)
     return (grads[0], dh, dc, *grads[1:])
 
 
@@ -197,11 +195,12 @@ def rnn_tanh_forward(x, h0, w_ih, w_hh, b_ih, b_hh):
     w_hh_t = w_hh.T  # (HID, HID) view
     fn = module(xp, "rnn").get_function("rnn_tanh_cell_forward")
     grid, block = grid_1d(xp, N * HID, THREADS)  # one thread per (n, j)
+    # N, HID and the flags (has_gh, has_bias) are the same for every step
+    tail = (i32(N), i32(HID), _flag(True), _flag(has_bias))
     for t in range(T):
         h_prev = h0 if t == 0 else y[t - 1]
         xp.matmul(h_prev, w_hh_t, out=gh)
-        args = (xg[t], gh, bias_ih, bias_hh, y[t], i32(N), i32(HID))
-        fn(grid, block, (*args, _flag(True), _flag(has_bias)))
+        fn(grid, block, (xg[t], gh, bias_ih, bias_hh, y[t], *tail))
     return y.copy(), y[T - 1].copy(), saved  # a copy of y, as in lstm_forward
 
 
@@ -212,20 +211,19 @@ def rnn_tanh_backward(saved, grad_y, grad_hn):
     T, N, _ = saved.x.shape
     HID = saved.h0.shape[1]
     if T == 0 or N == 0 or HID == 0:
-        grad_h0 = _zeros_like_or_copy(xp, grad_hn, saved.h0)
-        grad_x, *weights = _empty_weight_grads(xp, saved, saved.bias_given)
-        return (grad_x, grad_h0, *weights)
+        return _empty_backward(xp, saved, ((grad_hn, saved.h0),))
     dpre = xp.empty((T, N, HID), dtype=saved.x.dtype)  # (T, N, HID) pre-activation
     dh = xp.empty((N, HID), dtype=saved.x.dtype)  # (N, HID): gradient reaching h_{t-1}
     fn = module(xp, "rnn").get_function("rnn_tanh_cell_backward")
     grid, block = grid_1d(xp, N * HID, THREADS)  # one thread per (n, j)
+    dims = (i32(N), i32(HID))
     for t in range(T - 1, -1, -1):
         last = t == T - 1
         dh_a = grad_y[t] if grad_y is not None else dh  # stand-in never read
         dh_b = (grad_hn if grad_hn is not None else dh) if last else dh
         has_b = grad_hn is not None if last else True
-        args = (dh_a, dh_b, saved.y[t], dpre[t], i32(N), i32(HID))
+        args = (dh_a, dh_b, saved.y[t], dpre[t], *dims)
         fn(grid, block, (*args, _flag(grad_y is not None), _flag(has_b)))
         xp.matmul(dpre[t], saved.w_hh, out=dh)  # dh_{t-1} = dpre_t W_hh
-    grads = _weight_grads(xp, dpre, saved, saved.bias_given)
+    grads = _weight_grads(xp, dpre, saved)
     return (grads[0], dh, *grads[1:])
