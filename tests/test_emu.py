@@ -360,4 +360,6 @@ def test_loader_follows_kernel_source_changes(tmp_path, monkeypatch):
         assert text.count("h[idx] = safe_tanhf(a);") == 1
         rnn.write_text(text.replace("h[idx] = safe_tanhf(a);", "h[idx] = safe_tanhf(a) + 100.0f;"))
         edited, _ = F.rnn_tanh(x, h0, w_ih, w_hh)
+    # Both sides add 100 in float32 (an ulp there is 2^-17, 7.6e-8 relative): rtol 1e-6 allows
+    # a few ulps of rounding, while any other change to the kernel's output fails.
     np.testing.assert_allclose(edited, y + 100.0, rtol=1e-6)
