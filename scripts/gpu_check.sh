@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# gpu_check.sh: every GPU check of gpunn in one call (about 3 minutes on the H200 machine).
+# gpu_check.sh: every GPU check of gpunn in one call (budgeted for about 3 minutes on the H200
+# machine by the step timeouts below; not yet run on a GPU).
 #
 # Run from a checkout:  PYTHONPATH=. bash scripts/gpu_check.sh [OUT_DIR]   (default ./results)
 # Steps, each under its own timeout, each continuing after a failure:
