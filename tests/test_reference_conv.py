@@ -94,6 +94,21 @@ def test_conv_same_padding_matches_torch(torch_oracle, R, S, dilation, dtype):
     assert_close(y, ty, dtype=dtype)
 
 
+# im2col block budgets in bytes, far below the default so that these small cases split into
+# several blocks of output positions: 1 byte gives one position per block, 2000 9 to 20
+# (a float64 position costs C*R*S*8 = 96 to 216 bytes of im2col here). Blocks then start and
+# end inside image rows, and the backward's scatter-add crosses block boundaries.
+@pytest.mark.parametrize("block_bytes", [1, 2000])
+@pytest.mark.parametrize("name", ["odd", "stride3_dilation2", "mixed_stride_dilation"])
+def test_conv_small_blocks_match_torch(torch_oracle, monkeypatch, name, block_bytes):
+    """The im2col loop over several blocks of positions is the same convolution as one."""
+    N, C, H, W, K, R, S, stride, padding4, dilation = CASES[name]
+    monkeypatch.setattr(reference, "COLS_BLOCK_BYTES", block_bytes)
+    g = reference._conv_geometry((N, C, H, W), (K, C, R, S), stride, padding4, dilation)
+    assert len(reference._position_blocks(g, 8)) > 1
+    check_against_torch(torch_oracle, CASES[name], np.float64, ("blocks", name))
+
+
 def test_conv_bias_none_and_no_bias_grad():
     x, w, b, gy = conv_inputs(CASES["odd"], np.float64, "nobias")
     *_, stride, padding4, dilation = CASES["odd"]
