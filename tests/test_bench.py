@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TOL
+from conftest import TOL, require_torch
 
 from gpunn import bench
 
@@ -193,7 +193,7 @@ def test_json_and_csv():
 
 @pytest.fixture(scope="module")
 def harness():
-    pytest.importorskip("torch")
+    require_torch()  # skips without torch, fails under CI=true
     return bench.Harness(bench.Settings("numpy", "torch", warmup=0, repeat=3, seed=0))
 
 
