@@ -7,7 +7,8 @@
 #   1. device info                      -> OUT/device.json
 #   2. NVRTC compile + ptxas table      -> OUT/compile.log
 #   3. pytest -m gpu (all gpu tests)    -> OUT/pytest_gpu.log, OUT/junit_gpu.xml
-#   4. cli.py bench all --backend cuda  -> OUT/bench.json (OUT/bench.err)
+#   4. cli.py check --backend cuda      -> OUT/check.txt (per-kernel errors on the GPU)
+#   5. cli.py bench all --backend cuda  -> OUT/bench.json (OUT/bench.err)
 # then a short table: step status, test counts, one line per benchmark row.
 # Nothing is installed (the GPU machine has no network); results are written as they come.
 set -u
@@ -45,6 +46,8 @@ GPUNN_SYNC_LAUNCHES=1 step pytest_gpu 150 "$PY" -m pytest -m gpu -q -p no:cachep
     >"$OUT/pytest_gpu.log" 2>&1
 
 if [ -f cli.py ]; then
+    # every kernel against the float64 reference on the GPU, with the per-kernel table
+    step check 60 "$PY" cli.py check --backend cuda >"$OUT/check.txt" 2>&1
     step bench 150 "$PY" cli.py bench all --backend cuda --json \
         >"$OUT/bench.json" 2>"$OUT/bench.err"
 else
@@ -72,6 +75,11 @@ try:
                 print("  FAILED", case.get("classname"), case.get("name"))
 except Exception as exc:
     print("gpu tests: no junit report", exc)
+try:
+    lines = (out / "check.txt").read_text().strip().splitlines()
+    print("check --backend cuda:", lines[-1] if lines else "no output")
+except Exception as exc:
+    print("check: no output", exc)
 try:
     rows = json.loads((out / "bench.json").read_text())["rows"]
     print(f"{'op':18} {'shape':34} {'median ms':>10} {'GB/s':>8} {'GFLOP/s':>9} {'roofline':>8} {'vs peer':>8} {'rel err':>8}")
