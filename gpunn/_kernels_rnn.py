@@ -99,6 +99,19 @@ def _empty_backward(xp, saved, state_grads):
     return (xp.zeros_like(saved.x), *states, *grads, *biases)
 
 
+def _incoming_dh(t, T, grad_y, grad_hn, dh):
+    """The two gradient terms that reach h_t in backward step t, with their presence flags:
+    grad_y[t] from the output, and grad_hn (last step) or the recurrent dh (earlier steps).
+    An absent term is replaced by ``dh`` as a stand-in the kernel never reads."""
+    from_y = grad_y[t] if grad_y is not None else dh
+    if t == T - 1:
+        from_next = grad_hn if grad_hn is not None else dh
+        has_next = grad_hn is not None
+    else:
+        from_next, has_next = dh, True
+    return from_y, from_next, _flag(grad_y is not None), _flag(has_next)
+
+
 # ---- LSTM ------------------------------------------------------------------------------------
 
 
@@ -162,16 +175,13 @@ def lstm_backward(saved, grad_y, grad_hn, grad_cn):
     grid, block = grid_1d(xp, N * HID, THREADS)  # one thread per (n, j)
     dims = (i32(N), i32(HID))
     for t in range(T - 1, -1, -1):
+        dh_a, dh_b, has_a, has_b = _incoming_dh(t, T, grad_y, grad_hn, dh)
         last = t == T - 1
-        dh_a = grad_y[t] if grad_y is not None else dh  # stand-in never read
-        dh_b = (grad_hn if grad_hn is not None else dh) if last else dh
         dc_in = (grad_cn if grad_cn is not None else dc) if last else dc
-        has_b = grad_hn is not None if last else True
-        has_c = grad_cn is not None if last else True
+        has_c = _flag(grad_cn is not None if last else True)
         c_prev = saved.c0 if t == 0 else saved.cs[t - 1]
         args = (dh_a, dh_b, dc_in, saved.gates[t], c_prev, saved.cs[t], dgates[t], dc)
-        flags = (_flag(grad_y is not None), _flag(has_b), _flag(has_c))
-        fn(grid, block, (*args, *dims, *flags))
+        fn(grid, block, (*args, *dims, has_a, has_b, has_c))
         xp.matmul(dgates[t], saved.w_hh, out=dh)  # dh_{t-1} = dgates_t W_hh
     grads = _weight_grads(xp, dgates, saved)
     return (grads[0], dh, dc, *grads[1:])
@@ -218,12 +228,8 @@ def rnn_tanh_backward(saved, grad_y, grad_hn):
     grid, block = grid_1d(xp, N * HID, THREADS)  # one thread per (n, j)
     dims = (i32(N), i32(HID))
     for t in range(T - 1, -1, -1):
-        last = t == T - 1
-        dh_a = grad_y[t] if grad_y is not None else dh  # stand-in never read
-        dh_b = (grad_hn if grad_hn is not None else dh) if last else dh
-        has_b = grad_hn is not None if last else True
-        args = (dh_a, dh_b, saved.y[t], dpre[t], *dims)
-        fn(grid, block, (*args, _flag(grad_y is not None), _flag(has_b)))
+        dh_a, dh_b, has_a, has_b = _incoming_dh(t, T, grad_y, grad_hn, dh)
+        fn(grid, block, (dh_a, dh_b, saved.y[t], dpre[t], *dims, has_a, has_b))
         xp.matmul(dpre[t], saved.w_hh, out=dh)  # dh_{t-1} = dpre_t W_hh
     grads = _weight_grads(xp, dpre, saved)
     return (grads[0], dh, *grads[1:])
